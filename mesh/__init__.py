@@ -1,0 +1,6 @@
+"""DiSRouter mesh: wire protocol, subjects, topology, membership, client and embedded NATS."""
+
+from .client import MeshClient, MeshError, ask
+from .protocol import PROTOCOL_VERSION, Answer, Error, ErrorCode, Hop, Query
+
+__all__ = ["PROTOCOL_VERSION", "Answer", "Error", "ErrorCode", "Hop", "MeshClient", "MeshError", "Query", "ask"]

@@ -1,0 +1,131 @@
+"""`disrouter`: run an embedded NATS server, ask the mesh, list live nodes, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .cli_common import OneLineParser, add_log_options, add_nats_options, fail
+from .client import MeshClient, MeshError
+from .connection import MeshConnectionError, connect
+from .demo import DemoError
+from .logs import configure_logging
+from .membership import list_cards, open_registry
+from .nats_server import NatsServerError, ensure_port_free, server_command
+from .subjects import DEFAULT_PREFIX, Subjects
+from .topology import TopologyError
+
+PROG = "disrouter"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="DiSRouter: distributed self-routing of LLM queries over NATS.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
+    nats = commands.add_parser("nats", help="run an embedded nats-server (JetStream on) in the foreground")
+    nats.add_argument("--port", type=int, default=4222)
+    nats.add_argument("--host", default="127.0.0.1")
+    nats.add_argument("--store-dir", default=None, help="JetStream storage folder (default: a temporary folder)")
+
+    status = commands.add_parser("status", help="list live nodes")
+    add_nats_options(status)
+    status.add_argument("--prefix", default=DEFAULT_PREFIX)
+    status.add_argument("--json", action="store_true", help="print a JSON list of node cards")
+
+    ask = commands.add_parser("ask", help="ask the mesh a question")
+    ask.add_argument("question")
+    add_nats_options(ask)
+    ask.add_argument("--prefix", default=DEFAULT_PREFIX)
+    ask.add_argument("--scenario", default="balance", help="performance | balance | cost, or an alpha in [0, 1]")
+    ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    ask.add_argument("--max-tokens", type=int, default=128)
+    ask.add_argument("--json", action="store_true", help="print the whole Answer as one JSON object")
+
+    demo = commands.add_parser("demo", help="start NATS and the demo topology's nodes, ask a few questions")
+    demo.add_argument("--keep", action="store_true", help="keep the mesh running until Ctrl-C / SIGTERM")
+    demo.add_argument("--port", type=int, default=None, help="NATS port (default: a free port)")
+    demo.add_argument("--topology", default=None, help="topology file (default: the packaged demo.yaml)")
+    add_log_options(demo, default_format="console")
+    return parser
+
+
+def _scenario(value: str) -> str | float:
+    if value in ("performance", "balance", "cost"):
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise ValueError(f"--scenario must be performance, balance, cost or a number in [0, 1], not {value!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--scenario alpha must be within [0, 1], not {alpha}")
+    return alpha
+
+
+def run_nats(args: argparse.Namespace) -> int:
+    ensure_port_free(args.host, args.port)
+    store_dir = args.store_dir or os.path.join(os.path.expanduser("~/.cache/disrouter"), f"nats-{args.port}")
+    os.makedirs(store_dir, exist_ok=True)
+    command = server_command(args.host, args.port, store_dir)
+    print(f"{PROG}: nats-server on nats://{args.host}:{args.port} (JetStream in {store_dir}); Ctrl-C stops it", file=sys.stderr)
+    os.execv(command[0], command)  # the server itself runs in the foreground and handles signals
+
+
+async def run_status(args: argparse.Namespace) -> int:
+    nc = await connect(args.nats, name="disrouter-status")
+    try:
+        cards = await list_cards(await open_registry(nc, Subjects(args.prefix)))
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps([card.model_dump(mode="json") for card in cards], indent=2))
+        return 0
+    table = Table(title=f"{len(cards)} live node(s) on {args.prefix}")
+    for column in ("node", "model key", "model", "cost", "entry", "policy", "backend", "load"):
+        table.add_column(column)
+    for c in cards:
+        table.add_row(c.node_id, c.model_key, c.model, f"{c.cost:g}", "yes" if c.entry else "", c.policy, c.backend, str(c.load))
+    Console().print(table)
+    return 0
+
+
+async def run_ask(args: argparse.Namespace) -> int:
+    async with await MeshClient.connect(args.nats, args.prefix) as client:
+        answer = await client.ask(args.question, scenario=_scenario(args.scenario), timeout=args.timeout, max_tokens=args.max_tokens)
+    if args.json:
+        print(answer.model_dump_json())
+        return 0
+    print(answer.text)
+    route = " -> ".join(f"{hop.model}({hop.decision})" for hop in answer.path)
+    print(f"-- answered by {answer.node_id} via {route}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "nats":
+            return run_nats(args)
+        if args.command == "status":
+            return asyncio.run(run_status(args))
+        if args.command == "ask":
+            return asyncio.run(run_ask(args))
+        from .demo import run_demo  # imported late: only the demo needs it
+
+        configure_logging(args.log_format, args.log_level)
+        return run_demo(port=args.port, keep=args.keep, topology=args.topology)
+    except MeshError as exc:
+        return fail(PROG, exc)
+    except (DemoError, MeshConnectionError, NatsServerError, TopologyError, ValueError, OSError) as exc:
+        return fail(PROG, exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

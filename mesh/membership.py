@@ -1,0 +1,193 @@
+"""Live membership: one NodeCard per node in a JetStream key-value bucket with a TTL.
+
+A node heartbeats its card well inside the TTL and deletes it on clean shutdown; a crashed node's
+card expires. Every node watches the bucket and keeps a PeerTable of live members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import api as js_api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import BaseModel, Field, ValidationError
+
+from .subjects import Subjects
+
+log = structlog.get_logger("disrouter.mesh.membership")
+
+DEFAULT_REGISTRY_TTL_S = 10.0
+
+
+class NodeCard(BaseModel):
+    """What a node tells the mesh about itself."""
+
+    node_id: str
+    model_key: str
+    model: str
+    cost: float
+    position: int | None = None  # index in the topology file, when the node is in it
+    entry: bool = False
+    policy: str = "generate"
+    backend: str = "transformers"
+    context_length: int = 2048
+    capabilities: list[str] = Field(default_factory=list)
+    version: str = ""
+    load: int = 0  # queries in flight
+    started_at: float = Field(default_factory=time.time)
+    heartbeat_at: float = Field(default_factory=time.time)
+
+
+async def open_registry(nc: NATS, subjects: Subjects, ttl: float = DEFAULT_REGISTRY_TTL_S) -> KeyValue:
+    """Open the mesh's registry bucket, creating it with the given TTL if it does not exist."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.registry_bucket)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    config = js_api.KeyValueConfig(
+        bucket=subjects.registry_bucket,
+        history=1,
+        ttl=ttl,
+        limit_marker_ttl=ttl,
+        storage=js_api.StorageType.MEMORY,
+        description="DiSRouter live nodes (one NodeCard per key)",
+    )
+    try:
+        return await js.create_key_value(config)
+    except Exception:  # another node created it between our two calls
+        return await js.key_value(subjects.registry_bucket)
+
+
+def _card_key(node_id: str) -> str:
+    return node_id.replace(".", "_")
+
+
+async def list_cards(kv: KeyValue) -> list[NodeCard]:
+    """Current cards in the bucket (a snapshot; expired cards are gone)."""
+    cards = []
+    watcher = await kv.watchall()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=2.0)
+            except Exception:
+                break
+            if entry is None:
+                break
+            card = _parse(entry.value) if entry.operation not in (KV_DEL, KV_PURGE) else None
+            if card is not None:
+                cards.append(card)
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()
+    return sorted(cards, key=lambda c: (c.cost, c.node_id))
+
+
+def _parse(value: bytes | None) -> NodeCard | None:
+    if not value:
+        return None
+    try:
+        return NodeCard.model_validate_json(value)
+    except ValidationError:
+        log.warning("registry_card_unreadable")
+        return None
+
+
+class Membership:
+    """This node's card (heartbeated) plus a live table of every card in the mesh."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        ttl: float = DEFAULT_REGISTRY_TTL_S,
+        on_change: Callable[[], Any] | None = None,
+    ) -> None:
+        self._kv = kv
+        self._ttl = ttl
+        self._seen: dict[str, tuple[NodeCard, float]] = {}
+        self._watcher: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._on_change = on_change
+        self.card: NodeCard | None = None
+        self.synced = asyncio.Event()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(self._ttl / 4.0, 0.2)
+
+    async def start(self, card: NodeCard | None = None) -> None:
+        """Watch the registry; if a card is given, register it and keep it alive."""
+        self._watcher = await self._kv.watchall()
+        self._tasks.append(asyncio.create_task(self._watch(), name="registry-watch"))
+        await asyncio.wait_for(self.synced.wait(), timeout=10)
+        if card is not None:
+            self.card = card
+            await self.publish()
+            self._tasks.append(asyncio.create_task(self._heartbeat(), name="registry-heartbeat"))
+
+    async def publish(self) -> None:
+        if self.card is None:
+            return
+        self.card.heartbeat_at = time.time()
+        await self._kv.put(_card_key(self.card.node_id), self.card.model_dump_json().encode())
+
+    async def leave(self) -> None:
+        """Stop heartbeating and delete this node's card so peers stop forwarding to it."""
+        for task in self._tasks:
+            if task.get_name() == "registry-heartbeat":
+                task.cancel()
+        if self.card is not None:
+            try:
+                await self._kv.delete(_card_key(self.card.node_id))
+            except (KeyNotFoundError, Exception) as exc:  # leaving must never fail shutdown
+                log.warning("registry_delete_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:
+                pass
+
+    def live(self) -> list[NodeCard]:
+        """Cards heard from within the TTL, cheapest first."""
+        now = time.monotonic()
+        cards = [card for card, seen in self._seen.values() if now - seen <= self._ttl]
+        return sorted(cards, key=lambda c: (c.cost, c.node_id))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.publish()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS reconnecting: keep trying, the TTL is the judge
+                log.warning("registry_heartbeat_failed", error=str(exc))
+
+    async def _watch(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                self.synced.set()
+                continue
+            if entry.operation in (KV_DEL, KV_PURGE):
+                self._seen.pop(entry.key, None)
+            else:
+                card = _parse(entry.value)
+                if card is not None:
+                    self._seen[entry.key] = (card, time.monotonic())
+            if entry.delta == 0:
+                self.synced.set()
+            if self._on_change is not None:
+                self._on_change()

@@ -1,0 +1,236 @@
+"""Wire protocol: versioned Query, Answer, Error and Hop messages, msgpack or JSON on the wire.
+
+A payload whose first non-blank byte is ``{`` is JSON; anything else is msgpack. Replies use
+the format of the request that caused them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from enum import Enum
+from typing import Any, Literal, Union
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROTOCOL_VERSION = 1
+
+SCENARIO_ALPHAS: dict[str, float] = {"performance": 0.2, "balance": 0.5, "cost": 0.8}
+"""Named scenarios and their alpha (weight of cost against accuracy), as in the paper."""
+
+MAX_PAYLOAD_BYTES = 1_000_000
+MAX_PROMPT_CHARS = 100_000
+MAX_MESSAGES = 256
+MAX_TOKENS_LIMIT = 8192
+MAX_HOPS_LIMIT = 32
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_MAX_HOPS = 8
+DEFAULT_TIMEOUT_S = 120.0
+
+WireFormat = Literal["msgpack", "json"]
+
+
+class ErrorCode(str, Enum):
+    """Every code an Error reply can carry (documented in the README)."""
+
+    BAD_REQUEST = "bad_request"  # payload is not msgpack/JSON or not a map
+    UNSUPPORTED_VERSION = "unsupported_version"  # "v" is not a version this node speaks
+    INVALID_QUERY = "invalid_query"  # a field has the wrong type or an out-of-range value
+    TOO_LARGE = "too_large"  # payload or prompt exceeds the node's limits
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # the query's deadline passed before an answer
+    INTERNAL = "internal"  # the model backend failed on this query
+    UNAVAILABLE = "unavailable"  # the node is shutting down and no peer took the query
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; carries the Error code sent back to the client."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False, strict=False)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Hop(_Strict):
+    """One node's handling of a query, appended in path order."""
+
+    node_id: str = Field(max_length=256)
+    model: str = Field(max_length=512)
+    decision: Literal["answer", "reject", "forced"]
+    reject_prob: float | None = Field(default=None, ge=0.0, le=1.0)
+    ms: float = Field(ge=0.0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+
+class Query(_Strict):
+    """A client's question plus the routing state that travels with it inside the mesh."""
+
+    v: int = PROTOCOL_VERSION
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    scenario: Union[Literal["performance", "balance", "cost"], float] = "balance"
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_hops: int = Field(default=DEFAULT_MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT)
+    deadline: float | None = Field(default=None, description="Unix time (s) after which to give up")
+    # Routing state: set by nodes, ignored when a client sends them to the ingress subject.
+    path: list[Hop] = Field(default_factory=list, max_length=MAX_HOPS_LIMIT)
+    reply_to: str | None = Field(default=None, max_length=512)
+    wire: WireFormat = "msgpack"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _question_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "messages" not in data and "question" in data:
+            data = dict(data)
+            data["messages"] = [{"role": "user", "content": data.pop("question")}]
+        return data
+
+    @field_validator("scenario")
+    @classmethod
+    def _alpha_in_range(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError("alpha must be within [0, 1]")
+        return value
+
+    @model_validator(mode="after")
+    def _prompt_size(self) -> "Query":
+        if sum(len(m.content) for m in self.messages) > MAX_PROMPT_CHARS:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"prompt exceeds {MAX_PROMPT_CHARS} characters")
+        return self
+
+    @property
+    def alpha(self) -> float:
+        """The scenario as a number: weight of cost against accuracy."""
+        return self.scenario if isinstance(self.scenario, float) else SCENARIO_ALPHAS[self.scenario]
+
+    def visited_models(self) -> set[str]:
+        return {hop.model for hop in self.path}
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline is not None and (now or time.time()) >= self.deadline
+
+
+class Answer(_Strict):
+    v: int = PROTOCOL_VERSION
+    id: str
+    text: str
+    model: str
+    node_id: str
+    path: list[Hop]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ErrorDetail(_Strict):
+    code: ErrorCode
+    message: str
+
+
+class Error(_Strict):
+    v: int = PROTOCOL_VERSION
+    id: str | None = None
+    error: ErrorDetail
+    path: list[Hop] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, code: ErrorCode, message: str, query_id: str | None = None, path: list[Hop] | None = None) -> "Error":
+        return cls(id=query_id, error=ErrorDetail(code=code, message=message), path=path or [])
+
+
+def wire_format_of(payload: bytes) -> WireFormat:
+    """JSON when the payload starts with ``{`` (leading blanks allowed), msgpack otherwise."""
+    return "json" if payload.lstrip()[:1] == b"{" else "msgpack"
+
+
+def encode(message: BaseModel | dict, wire: WireFormat = "msgpack") -> bytes:
+    data = message.model_dump(mode="json", exclude_none=False) if isinstance(message, BaseModel) else message
+    if wire == "json":
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def decode_map(payload: bytes) -> tuple[dict, WireFormat]:
+    """Decode a payload into a map, or raise ProtocolError(bad_request/too_large)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    wire = wire_format_of(payload)
+    try:
+        if wire == "json":
+            data = json.loads(payload.decode("utf-8"))
+        else:
+            data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, UnicodeDecodeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"payload is not valid {wire}: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"payload is nested too deeply to decode as {wire}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"payload must be a map, got {type(data).__name__}")
+    return data, wire
+
+
+def _check_version(data: dict) -> None:
+    version = data.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r} is not supported (this node speaks {PROTOCOL_VERSION})"
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "query"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_query(payload: bytes, *, from_client: bool) -> Query:
+    """Parse a Query. From a client, routing state (path, reply_to) is discarded, never trusted."""
+    data, wire = decode_map(payload)
+    _check_version(data)
+    if from_client:
+        for field in ("path", "reply_to", "wire"):
+            data.pop(field, None)
+    try:
+        query = Query.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_QUERY, _describe(exc)) from None
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError) as exc:  # e.g. inf/nan or unhashable values inside validators
+        raise ProtocolError(ErrorCode.INVALID_QUERY, str(exc)) from None
+    if from_client:
+        query.wire = wire
+    return query
+
+
+def decode_reply(payload: bytes) -> Answer | Error:
+    """Parse a node's reply for a client: an Answer or an Error."""
+    data, _ = decode_map(payload)
+    if "error" in data:
+        return Error.model_validate(data)
+    return Answer.model_validate(data)
+
+
+def query_id_of(payload: bytes) -> str | None:
+    """Best-effort id of a malformed query, so its Error can still name it."""
+    try:
+        data, _ = decode_map(payload)
+    except ProtocolError:
+        return None
+    qid = data.get("id")
+    return qid if isinstance(qid, str) and 0 < len(qid) <= 128 else None

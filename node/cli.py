@@ -1,0 +1,124 @@
+"""`disrouter-node`: host one model on the mesh (one process per GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import uuid
+
+import structlog
+
+from disrouter.mesh.cli_common import OneLineParser, add_log_options, add_nats_options, fail
+from disrouter.mesh.connection import MeshConnectionError, connect
+from disrouter.mesh.logs import configure_logging
+from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, NodeCard
+from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects, subject_token
+from disrouter.mesh.topology import TopologyError, load_topology
+
+from . import __version__
+from .backends import BACKENDS, ModelNotFoundError, load_backend, resolve
+from .policies import POLICIES, make_policy
+from .routing import CascadeRouting, PeerListRouting
+from .runtime import Node, NodeSettings
+
+PROG = "disrouter-node"
+log = structlog.get_logger("disrouter.node.cli")
+
+
+class ConfigError(Exception):
+    """Command-line settings that contradict each other or the topology file."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description="Host one self-aware LLM on a DiSRouter mesh.")
+    p.add_argument("--model", required=True, help="topology key, known model name (smollm2-135m), HF folder or .gguf file")
+    routing = p.add_mutually_exclusive_group()
+    routing.add_argument("--peers", help="explicit ordered fallback list of model keys, e.g. mid,large")
+    routing.add_argument("--topology", help="topology YAML file (models ordered by cost)")
+    add_nats_options(p)
+    p.add_argument("--node-id", help="unique node id (default: <model key>-<random>)")
+    p.add_argument("--key", help="model key for a model not in the topology file (default: from --model)")
+    p.add_argument("--cost", type=float, help="normalised cost; required for a model not in the topology file")
+    p.add_argument("--policy", choices=sorted(POLICIES), help="decision policy (default: topology's, else generate)")
+    p.add_argument("--entry", action="store_true", help="serve the ingress subject (default: cheapest tier of the topology)")
+    p.add_argument("--prefix", help=f"mesh subject prefix (default: topology's, else {DEFAULT_PREFIX})")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="transformers")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--concurrency", type=int, default=4, help="generations run at once (default 4)")
+    p.add_argument("--registry-ttl", type=float, default=DEFAULT_REGISTRY_TTL_S, help="seconds before a silent node is dropped")
+    p.add_argument("--handoff-timeout", type=float, default=2.0, help="seconds to wait for a peer to confirm a hand-off")
+    add_log_options(p)
+    return p
+
+
+def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
+    """The node's card, the model to load, and the mesh prefix, from flags and topology."""
+    topology = load_topology(args.topology) if args.topology else None
+    found = topology.find(args.model) if topology else None
+    if found:
+        position, entry = found
+        key, model, cost = entry.key, entry.model, entry.cost if args.cost is None else args.cost
+        policy = args.policy or entry.policy or "generate"
+        is_entry = args.entry or topology.is_entry(entry)
+    else:
+        if args.cost is None:
+            where = f"not in {args.topology}" if topology else "not in a topology file"
+            raise ConfigError(f"model {args.model!r} is {where}: give its cost with --cost")
+        position, model, cost = None, args.model, args.cost
+        key = args.key or subject_token(resolve(args.model).name)
+        policy, is_entry = args.policy or "generate", args.entry
+    prefix = args.prefix or (topology.prefix if topology else DEFAULT_PREFIX)
+    card = NodeCard(
+        node_id=args.node_id or f"{key}-{uuid.uuid4().hex[:6]}",
+        model_key=key,
+        model=model,
+        cost=cost,
+        position=position,
+        entry=is_entry,
+        policy=policy,
+        backend=args.backend,
+        version=__version__,
+    )
+    return card, model, prefix
+
+
+async def serve(args: argparse.Namespace) -> int:
+    card, model, prefix = node_card(args)
+    subjects = Subjects(prefix)
+    source = resolve(model)  # fail on a missing model before connecting or loading
+    nc = await connect(args.nats, name=f"disrouter-node {card.node_id}")
+    try:
+        options = {"concurrency": args.concurrency}
+        if args.device:
+            options["device"] = args.device
+        backend = await asyncio.to_thread(load_backend, args.backend, source, **options)
+        card.context_length = backend.context_length
+        routing = PeerListRouting(subjects, args.peers.split(",")) if args.peers else CascadeRouting(subjects)
+        settings = NodeSettings(handoff_timeout_s=args.handoff_timeout, registry_ttl_s=args.registry_ttl)
+        node = Node(nc, card, backend, make_policy(card.policy), routing, subjects, settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await node.start()
+        await stop.wait()
+        await node.stop()
+    finally:
+        await nc.drain() if nc.is_connected else await nc.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return asyncio.run(serve(args))
+    except (ConfigError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError) as exc:
+        return fail(PROG, exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The node runtime: serve one model on the mesh, answer or hand queries to a stronger peer.
+
+Subjects served: ``<prefix>.ingress`` (entry nodes, queue group), ``<prefix>.model.<key>`` (queue
+group shared by replicas) and ``<prefix>.node.<id>``. A message on the ingress subject is a
+client request, answered on its NATS reply subject; routing fields in it are ignored. A message on
+a model or node subject that carries ``reply_to`` is a hand-off: the node confirms it at once on
+the NATS reply subject, then publishes the final Answer or Error to ``reply_to``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry
+from disrouter.mesh.protocol import (
+    Answer,
+    Error,
+    ErrorCode,
+    Hop,
+    ProtocolError,
+    Query,
+    decode_query,
+    encode,
+    query_id_of,
+    wire_format_of,
+)
+from disrouter.mesh.subjects import Subjects
+
+from .backends import Backend, Generation, PromptTooLongError
+from .policies import Policy, answer_forced
+from .routing import Routing
+
+log = structlog.get_logger("disrouter.node")
+
+HANDOFF_ACCEPTED = b"+ACK"
+HANDOFF_REFUSED = b"-NAK"
+
+
+@dataclass
+class NodeSettings:
+    handoff_timeout_s: float = 2.0  # how long to wait for a peer to confirm a hand-off
+    default_timeout_s: float = 120.0  # deadline for queries that arrive without one
+    drain_timeout_s: float = 60.0  # how long SIGTERM waits for in-flight queries
+    registry_ttl_s: float = DEFAULT_REGISTRY_TTL_S
+
+
+@dataclass
+class _Outcome:
+    generation: Generation
+    decision: str
+    reject_prob: float | None = None
+
+
+@dataclass
+class NodeStats:
+    answered: int = 0
+    forwarded: int = 0
+    errors: int = 0
+    by_decision: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    """One model on the mesh. ``await start()``, then ``await stop()`` drains it."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        card: NodeCard,
+        backend: Backend,
+        policy: Policy,
+        routing: Routing,
+        subjects: Subjects,
+        settings: NodeSettings | None = None,
+    ) -> None:
+        self.nc = nc
+        self.card = card
+        self.backend = backend
+        self.policy = policy
+        self.routing = routing
+        self.subjects = subjects
+        self.settings = settings or NodeSettings()
+        self.stats = NodeStats()
+        self.membership: Membership | None = None
+        self._subscriptions: list = []
+        self._inflight: set[asyncio.Task] = set()
+        self._draining = False
+        self._log = log.bind(node_id=card.node_id, model=card.model_key)
+
+    async def start(self) -> None:
+        """Register in the mesh and start serving."""
+        kv = await open_registry(self.nc, self.subjects, ttl=self.settings.registry_ttl_s)
+        self.membership = Membership(kv, ttl=self.settings.registry_ttl_s)
+        await self.membership.start(self.card)
+        model_subject = self.subjects.model(self.card.model_key)
+        self._subscriptions.append(
+            await self.nc.subscribe(model_subject, queue=self.subjects.model_queue, cb=self._on_internal)
+        )
+        self._subscriptions.append(await self.nc.subscribe(self.subjects.node(self.card.node_id), cb=self._on_internal))
+        if self.card.entry:
+            self._subscriptions.append(
+                await self.nc.subscribe(self.subjects.ingress, queue=self.subjects.ingress_queue, cb=self._on_ingress)
+            )
+        await self.nc.flush()
+        self._log.info("node_started", subjects=[s.subject for s in self._subscriptions], cost=self.card.cost)
+
+    async def stop(self) -> None:
+        """Drain: leave the registry, stop taking queries, finish those in flight, disconnect."""
+        self._draining = True
+        if self.membership is not None:
+            await self.membership.leave()
+        for sub in self._subscriptions:
+            try:
+                await sub.drain()
+            except Exception:  # connection already gone
+                pass
+        if self._inflight:
+            self._log.info("draining", inflight=len(self._inflight))
+            await asyncio.wait(set(self._inflight), timeout=self.settings.drain_timeout_s)
+        if self.membership is not None:
+            await self.membership.stop()
+        await self.backend.close()
+        self._log.info("node_stopped", answered=self.stats.answered, forwarded=self.stats.forwarded)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # --- message intake -------------------------------------------------------------------
+
+    async def _on_ingress(self, msg: Msg) -> None:
+        self._spawn(self._handle(msg, from_client=True))
+
+    async def _on_internal(self, msg: Msg) -> None:
+        self._spawn(self._handle(msg, from_client=False))
+
+    def _spawn(self, coro) -> None:  # noqa: ANN001
+        task = asyncio.create_task(coro)
+        self._inflight.add(task)
+        self.card.load = len(self._inflight)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        self.card.load = len(self._inflight)
+
+    async def _handle(self, msg: Msg, from_client: bool) -> None:
+        structlog.contextvars.bind_contextvars(node_id=self.card.node_id)
+        try:
+            query = decode_query(msg.data, from_client=from_client)
+        except ProtocolError as exc:
+            await self._reject_malformed(msg, exc)
+            return
+        structlog.contextvars.bind_contextvars(query_id=query.id)
+        if query.reply_to is None:  # a client request (ingress, or straight to a tier)
+            if not msg.reply:
+                self._log.warning("query_without_reply_subject", query_id=query.id)
+                return
+            query.reply_to = msg.reply
+            if not from_client:
+                query.wire = wire_format_of(msg.data)
+        elif msg.reply:  # a hand-off: confirm it, or refuse while draining
+            await self._respond(msg, HANDOFF_REFUSED if self._draining else HANDOFF_ACCEPTED)
+            if self._draining:
+                return
+        if query.deadline is None:
+            query.deadline = time.time() + self.settings.default_timeout_s
+        try:
+            await self._route(query)
+        except Exception as exc:  # a node never dies of one query
+            self._log.exception("query_failed", query_id=query.id)
+            await self._send(query, Error.of(ErrorCode.INTERNAL, f"node {self.card.node_id} failed: {exc}", query.id, query.path))
+
+    async def _reject_malformed(self, msg: Msg, exc: ProtocolError) -> None:
+        self.stats.errors += 1
+        self._log.info("bad_request", code=exc.code.value, reason=exc.message)
+        if msg.reply:
+            error = Error.of(exc.code, exc.message, query_id_of(msg.data))
+            await self._respond(msg, encode(error, wire_format_of(msg.data)))
+
+    # --- routing ----------------------------------------------------------------------------
+
+    async def _route(self, query: Query) -> None:
+        started = time.perf_counter()
+        if query.expired():
+            await self._send(query, Error.of(ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed before it was answered", query.id, query.path))
+            return
+        live = self.membership.live() if self.membership else []
+        targets = [] if len(query.path) + 1 >= query.max_hops else self.routing.targets(query, self.card, live)
+        try:
+            if not targets:
+                decision_name = "answer" if self.policy.never_rejects else "forced"
+                outcome = _Outcome(await answer_forced(self.backend, query), decision_name)
+            else:
+                decision = await self.policy.decide(self.backend, query)
+                if decision.reject:
+                    hop = self._hop("reject", decision.generation, started, decision.reject_prob)
+                    if await self._hand_off(query, hop, targets):
+                        return
+                    self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
+                    outcome = _Outcome(await answer_forced(self.backend, query), "forced", decision.reject_prob)
+                else:
+                    outcome = _Outcome(decision.generation, "answer", decision.reject_prob)
+        except PromptTooLongError as exc:
+            await self._send(query, Error.of(ErrorCode.TOO_LARGE, str(exc), query.id, query.path))
+            return
+        if outcome.generation.finish_reason == "deadline" or query.expired():
+            await self._send(query, Error.of(ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed during generation", query.id, query.path))
+            return
+        hop = self._hop(outcome.decision, outcome.generation, started, outcome.reject_prob)
+        path = [*query.path, hop]
+        answer = Answer(
+            id=query.id,
+            text=outcome.generation.text,
+            model=self.card.model_key,
+            node_id=self.card.node_id,
+            path=path,
+            prompt_tokens=sum(h.prompt_tokens for h in path),
+            completion_tokens=sum(h.completion_tokens for h in path),
+        )
+        self.stats.answered += 1
+        self.stats.by_decision[outcome.decision] = self.stats.by_decision.get(outcome.decision, 0) + 1
+        self._log.info("answered", decision=outcome.decision, hops=len(path), ms=round(hop.ms, 1))
+        await self._send(query, answer)
+
+    def _hop(self, decision: str, generation: Generation, started: float, reject_prob: float | None) -> Hop:
+        return Hop(
+            node_id=self.card.node_id,
+            model=self.card.model_key,
+            decision=decision,
+            reject_prob=reject_prob,
+            ms=(time.perf_counter() - started) * 1000.0,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+        )
+
+    async def _hand_off(self, query: Query, hop: Hop, targets) -> bool:  # noqa: ANN001
+        """Give the query to the first target that confirms it; False if none did."""
+        forwarded = query.model_copy(update={"path": [*query.path, hop]})
+        payload = encode(forwarded)
+        for target in targets:
+            if query.expired():
+                return False
+            timeout = min(self.settings.handoff_timeout_s, max(query.deadline - time.time(), 0.05))
+            try:
+                reply = await self.nc.request(target.subject, payload, timeout=timeout)
+            except NoRespondersError:
+                self._log.info("peer_absent", target=target.model_key)
+                continue
+            except NatsTimeoutError:
+                self._log.warning("peer_silent", target=target.model_key)
+                continue
+            if reply.data == HANDOFF_ACCEPTED:
+                self.stats.forwarded += 1
+                self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
+                return True
+            self._log.info("peer_refused", target=target.model_key)
+        return False
+
+    async def _send(self, query: Query, message: Answer | Error) -> None:
+        if isinstance(message, Error):
+            self.stats.errors += 1
+            self._log.info("error_reply", code=message.error.code.value, reason=message.error.message)
+        try:
+            await self.nc.publish(query.reply_to, encode(message, query.wire))
+        except Exception as exc:
+            self._log.warning("reply_failed", error=str(exc))
+
+    async def _respond(self, msg: Msg, payload: bytes) -> None:
+        try:
+            await msg.respond(payload)
+        except Exception as exc:
+            self._log.warning("respond_failed", error=str(exc))

@@ -1,0 +1,1 @@
+"""DiSRouter self-awareness training (competence probing, SFT, RL, evaluation): not built yet."""
