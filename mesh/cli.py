@@ -24,6 +24,18 @@ from .topology import TopologyError
 PROG = "disrouter"
 
 
+def _scenario(value: str) -> str | float:
+    if value in ("performance", "balance", "cost"):
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scenario must be performance, balance, cost or a number in [0, 1], not {value!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"--scenario must be an alpha within [0, 1], not {alpha}")
+    return alpha
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="DiSRouter: distributed self-routing of LLM queries over NATS.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
@@ -42,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     add_nats_options(ask)
     ask.add_argument("--prefix", default=DEFAULT_PREFIX)
-    ask.add_argument("--scenario", default="balance", help="performance | balance | cost, or an alpha in [0, 1]")
+    ask.add_argument("--scenario", type=_scenario, default="balance", help="performance | balance | cost, or an alpha in [0, 1]")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print the whole Answer as one JSON object")
@@ -53,18 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--topology", default=None, help="topology file (default: the packaged demo.yaml)")
     add_log_options(demo, default_format="console")
     return parser
-
-
-def _scenario(value: str) -> str | float:
-    if value in ("performance", "balance", "cost"):
-        return value
-    try:
-        alpha = float(value)
-    except ValueError:
-        raise ValueError(f"--scenario must be performance, balance, cost or a number in [0, 1], not {value!r}") from None
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--scenario alpha must be within [0, 1], not {alpha}")
-    return alpha
 
 
 def run_nats(args: argparse.Namespace) -> int:
@@ -96,7 +96,7 @@ async def run_status(args: argparse.Namespace) -> int:
 
 async def run_ask(args: argparse.Namespace) -> int:
     async with await MeshClient.connect(args.nats, args.prefix) as client:
-        answer = await client.ask(args.question, scenario=_scenario(args.scenario), timeout=args.timeout, max_tokens=args.max_tokens)
+        answer = await client.ask(args.question, scenario=args.scenario, timeout=args.timeout, max_tokens=args.max_tokens)
     if args.json:
         print(answer.model_dump_json())
         return 0

@@ -65,6 +65,14 @@ async def open_registry(nc: NATS, subjects: Subjects, ttl: float = DEFAULT_REGIS
         return await js.key_value(subjects.registry_bucket)
 
 
+async def registry_ttl(kv: KeyValue, fallback: float = DEFAULT_REGISTRY_TTL_S) -> float:
+    """The TTL the bucket was created with: it, not a node's own setting, decides expiry."""
+    try:
+        return (await kv.status()).ttl or fallback
+    except Exception:
+        return fallback
+
+
 def _card_key(node_id: str) -> str:
     return node_id.replace(".", "_")
 

@@ -41,7 +41,6 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"  # payload or prompt exceeds the node's limits
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the query's deadline passed before an answer
     INTERNAL = "internal"  # the model backend failed on this query
-    UNAVAILABLE = "unavailable"  # the node is shutting down and no peer took the query
 
 
 class ProtocolError(Exception):

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry
+from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
     Answer,
     Error,
@@ -97,7 +97,7 @@ class Node:
     async def start(self) -> None:
         """Register in the mesh and start serving."""
         kv = await open_registry(self.nc, self.subjects, ttl=self.settings.registry_ttl_s)
-        self.membership = Membership(kv, ttl=self.settings.registry_ttl_s)
+        self.membership = Membership(kv, ttl=await registry_ttl(kv, self.settings.registry_ttl_s))
         await self.membership.start(self.card)
         model_subject = self.subjects.model(self.card.model_key)
         self._subscriptions.append(
