@@ -14,10 +14,11 @@ from rich.table import Table
 from .cli_common import OneLineParser, add_log_options, add_nats_options, fail
 from .client import MeshClient, MeshError
 from .connection import MeshConnectionError, connect
-from .demo import DemoError
+from .demo import DemoError, run_demo
 from .logs import configure_logging
 from .membership import list_cards, open_registry
 from .nats_server import NatsServerError, ensure_port_free, server_command
+from .protocol import Answer
 from .subjects import DEFAULT_PREFIX, Subjects
 from .topology import TopologyError
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print the whole Answer as one JSON object")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is generated")
 
     demo = commands.add_parser("demo", help="start NATS and the demo topology's nodes, ask a few questions")
     demo.add_argument("--keep", action="store_true", help="keep the mesh running until Ctrl-C / SIGTERM")
@@ -95,12 +97,23 @@ async def run_status(args: argparse.Namespace) -> int:
 
 
 async def run_ask(args: argparse.Namespace) -> int:
+    options = {"scenario": args.scenario, "timeout": args.timeout, "max_tokens": args.max_tokens}
     async with await MeshClient.connect(args.nats, args.prefix) as client:
-        answer = await client.ask(args.question, scenario=args.scenario, timeout=args.timeout, max_tokens=args.max_tokens)
+        if args.stream:
+            async for event in client.stream(args.question, **options):
+                if isinstance(event, Answer):
+                    answer = event
+                elif not args.json:
+                    print(event.chunk, end="", flush=True)
+            if not args.json:
+                print()
+        else:
+            answer = await client.ask(args.question, **options)
     if args.json:
         print(answer.model_dump_json())
         return 0
-    print(answer.text)
+    if not args.stream:
+        print(answer.text)
     route = " -> ".join(f"{hop.model}({hop.decision})" for hop in answer.path)
     print(f"-- answered by {answer.node_id} via {route}", file=sys.stderr)
     return 0
@@ -115,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_status(args))
         if args.command == "ask":
             return asyncio.run(run_ask(args))
-        from .demo import run_demo  # imported late: only the demo needs it
-
         configure_logging(args.log_format, args.log_level)
         return run_demo(port=args.port, keep=args.keep, topology=args.topology)
     except MeshError as exc:

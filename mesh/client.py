@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -22,7 +23,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from .connection import connect
-from .protocol import DEFAULT_MAX_HOPS, DEFAULT_MAX_TOKENS, Answer, Error, ProtocolError, Query, decode_reply, encode
+from .protocol import Answer, Chunk, Error, ProtocolError, Query, decode_reply, encode
 from .subjects import DEFAULT_PREFIX, Subjects
 
 
@@ -67,29 +68,19 @@ class MeshClient:
         self,
         question: Question,
         *,
-        scenario: str | float = "balance",
         timeout: float = 60.0,
         retries: int = 1,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 0.0,
-        max_hops: int = DEFAULT_MAX_HOPS,
         query_id: str | None = None,
+        **options: Any,
     ) -> Answer:
-        """Ask and wait for the Answer; on timeout, retry up to ``retries`` times with the same id."""
-        messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+        """Ask and wait for the Answer; on timeout, retry up to ``retries`` times with the same id.
+
+        ``options`` are Query fields: scenario, max_tokens, temperature, top_p, max_hops.
+        """
         query_id = query_id or uuid.uuid4().hex
         last_error = "no attempt made"
         for attempt in range(retries + 1):
-            query = Query(
-                id=query_id,
-                messages=messages,
-                scenario=scenario,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                max_hops=max_hops,
-                deadline=time.time() + timeout,
-            )
-            payload = encode(query.model_dump(exclude={"path", "reply_to", "wire"}))
+            payload = self._payload(question, query_id, timeout, stream=False, **options)
             try:
                 msg = await self.nc.request(self.subjects.ingress, payload, timeout=timeout)
             except NoRespondersError:
@@ -99,15 +90,58 @@ class MeshClient:
             except NatsTimeoutError:
                 last_error = f"no answer within {timeout:g}s"
                 continue
-            try:
-                reply = decode_reply(msg.data)
-            except (ProtocolError, ValidationError) as exc:
-                raise MeshError("bad_reply", f"unreadable reply from the mesh: {exc}", query_id) from None
-            if isinstance(reply, Error):
-                raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply)
-            return reply
+            reply = self._read(msg.data, query_id)
+            if isinstance(reply, Answer):
+                return reply
+            raise MeshError("bad_reply", "a streamed chunk arrived for a query that did not ask to stream", query_id)
         code = "unavailable" if last_error.startswith("no node") else "timeout"
         raise MeshError(code, f"{last_error} (after {retries + 1} attempts)", query_id)
+
+    async def stream(
+        self, question: Question, *, timeout: float = 60.0, query_id: str | None = None, **options: Any
+    ) -> AsyncIterator[Chunk | Answer]:
+        """Yield the answer's Chunks as the answering node decodes them, then the final Answer.
+
+        Rejecting nodes stream nothing; ``timeout`` bounds the whole exchange.
+        """
+        query_id = query_id or uuid.uuid4().hex
+        inbox = self.nc.new_inbox()
+        subscription = await self.nc.subscribe(inbox)
+        deadline = time.monotonic() + timeout
+        try:
+            payload = self._payload(question, query_id, timeout, stream=True, **options)
+            await self.nc.publish(self.subjects.ingress, payload, reply=inbox)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MeshError("timeout", f"no answer within {timeout:g}s", query_id)
+                try:
+                    msg = await subscription.next_msg(timeout=remaining)
+                except NatsTimeoutError:
+                    raise MeshError("timeout", f"no answer within {timeout:g}s", query_id) from None
+                if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+                    raise MeshError("unavailable", f"no node serves {self.subjects.ingress}", query_id)
+                reply = self._read(msg.data, query_id)
+                yield reply
+                if isinstance(reply, Answer):
+                    return
+        finally:
+            await subscription.unsubscribe()
+
+    def _payload(self, question: Question, query_id: str, timeout: float, *, stream: bool, **options: Any) -> bytes:
+        messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+        query = Query(id=query_id, messages=messages, deadline=time.time() + timeout, stream=stream, **options)
+        return encode(query.model_dump(exclude={"path", "reply_to", "wire"}))
+
+    @staticmethod
+    def _read(data: bytes, query_id: str) -> Answer | Chunk:
+        try:
+            reply = decode_reply(data)
+        except (ProtocolError, ValidationError) as exc:
+            raise MeshError("bad_reply", f"unreadable reply from the mesh: {exc}", query_id) from None
+        if isinstance(reply, Error):
+            raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply)
+        return reply
 
 
 def ask(question: Question, nats_url: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Answer:

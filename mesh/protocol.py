@@ -69,6 +69,7 @@ class Hop(_Strict):
     decision: Literal["answer", "reject", "forced"]
     reject_prob: float | None = Field(default=None, ge=0.0, le=1.0)
     ms: float = Field(ge=0.0)
+    decide_ms: float | None = Field(default=None, ge=0.0)  # time spent deciding to answer or reject
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
 
@@ -85,6 +86,7 @@ class Query(_Strict):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_hops: int = Field(default=DEFAULT_MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT)
     deadline: float | None = Field(default=None, description="Unix time (s) after which to give up")
+    stream: bool = False  # send Chunk messages to the reply subject before the final Answer
     # Routing state: set by nodes, ignored when a client sends them to the ingress subject.
     path: list[Hop] = Field(default_factory=list, max_length=MAX_HOPS_LIMIT)
     reply_to: str | None = Field(default=None, max_length=512)
@@ -132,6 +134,16 @@ class Answer(_Strict):
     path: list[Hop]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class Chunk(_Strict):
+    """A piece of a streamed answer; ``seq`` counts from 0. The final Answer follows the last one."""
+
+    v: int = PROTOCOL_VERSION
+    id: str
+    chunk: str
+    seq: int
+    node_id: str
 
 
 class ErrorDetail(_Strict):
@@ -217,11 +229,13 @@ def decode_query(payload: bytes, *, from_client: bool) -> Query:
     return query
 
 
-def decode_reply(payload: bytes) -> Answer | Error:
-    """Parse a node's reply for a client: an Answer or an Error."""
+def decode_reply(payload: bytes) -> Answer | Error | Chunk:
+    """Parse a message a node sent to a client: an Answer, an Error, or a streamed Chunk."""
     data, _ = decode_map(payload)
     if "error" in data:
         return Error.model_validate(data)
+    if "chunk" in data:
+        return Chunk.model_validate(data)
     return Answer.model_validate(data)
 
 

@@ -7,7 +7,7 @@ models:
   - key: small              # unique key; the NATS subject token for its replicas
     model: smollm2-135m     # what `disrouter-node` loads (known name, HF folder or .gguf)
     cost: 0.1               # normalised cost; cascades order live members by it
-    policy: generate        # generate | always (optional)
+    policy: generate        # generate | probe | always (optional)
 ```
 """
 
@@ -32,7 +32,7 @@ class ModelEntry(BaseModel):
     key: str = Field(min_length=1)
     model: str = Field(min_length=1)
     cost: float = Field(ge=0.0)
-    policy: Literal["generate", "always"] | None = None
+    policy: Literal["generate", "probe", "always"] | None = None
     entry: bool | None = None
     max_tokens: int | None = Field(default=None, ge=1)
 

@@ -17,7 +17,8 @@ from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects, subject_token
 from disrouter.mesh.topology import TopologyError, load_topology
 
 from . import __version__
-from .backends import BACKENDS, ModelNotFoundError, load_backend, resolve
+from .backends import BACKENDS, ModelNotFoundError, check_model, load_backend
+from .calibration import CalibrationError, load_calibration
 from .policies import POLICIES, make_policy
 from .routing import CascadeRouting, PeerListRouting
 from .runtime import Node, NodeSettings
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help=f"mesh subject prefix (default: topology's, else {DEFAULT_PREFIX})")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="transformers")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
-    p.add_argument("--concurrency", type=int, default=4, help="generations run at once (default 4)")
+    p.add_argument("--calibration", help="probe policy thresholds (default: disrouter-calibration.json beside the model, else built-in)")
+    p.add_argument("--concurrency", type=int, default=2, help="generation batches run at once (default 2)")
+    p.add_argument("--max-batch", type=int, default=16, help="queries per generation batch (default 16)")
     p.add_argument("--registry-ttl", type=float, default=DEFAULT_REGISTRY_TTL_S, help="seconds before a silent node is dropped")
     p.add_argument("--handoff-timeout", type=float, default=2.0, help="seconds to wait for a peer to confirm a hand-off")
     add_log_options(p)
@@ -66,7 +69,8 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
             where = f"not in {args.topology}" if topology else "not in a topology file"
             raise ConfigError(f"model {args.model!r} is {where}: give its cost with --cost")
         position, model, cost = None, args.model, args.cost
-        key = args.key or subject_token(resolve(args.model).name)
+        source = check_model(args.backend, args.model)
+        key = args.key or subject_token(source.name if source else args.model)
         policy, is_entry = args.policy or "generate", args.entry
     prefix = args.prefix or (topology.prefix if topology else DEFAULT_PREFIX)
     card = NodeCard(
@@ -86,17 +90,24 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
 async def serve(args: argparse.Namespace) -> int:
     card, model, prefix = node_card(args)
     subjects = Subjects(prefix)
-    source = resolve(model)  # fail on a missing model before connecting or loading
+    source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}")
     try:
-        options = {"concurrency": args.concurrency}
+        options = {"concurrency": args.concurrency, "max_batch": args.max_batch}
         if args.device:
             options["device"] = args.device
-        backend = await asyncio.to_thread(load_backend, args.backend, source, **options)
+        model_folder = source.folder if source and source.gguf_file is None else None
+        policy = make_policy(card.policy, load_calibration(args.calibration, model_folder))
+        backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
+        missing = policy.needs - backend.capabilities
+        if missing:
+            await backend.close()
+            raise ConfigError(f"policy {policy.name} needs a backend that can {', '.join(sorted(missing))}; {args.backend} cannot")
         card.context_length = backend.context_length
+        card.capabilities = sorted(backend.capabilities)
         routing = PeerListRouting(subjects, args.peers.split(",")) if args.peers else CascadeRouting(subjects)
         settings = NodeSettings(handoff_timeout_s=args.handoff_timeout, registry_ttl_s=args.registry_ttl)
-        node = Node(nc, card, backend, make_policy(card.policy), routing, subjects, settings)
+        node = Node(nc, card, backend, policy, routing, subjects, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         return asyncio.run(serve(args))
-    except (ConfigError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError) as exc:
+    except (ConfigError, CalibrationError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError) as exc:
         return fail(PROG, exc)
     except KeyboardInterrupt:
         return 130

@@ -5,21 +5,25 @@ Each policy is registered by name; `disrouter-node --policy NAME` picks one.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 from disrouter.mesh.protocol import Query
 
-from .backends import Backend, Generation, GenerationRequest
-from .prompts import is_reject, reject_variants, with_scenario
+from .backends import Backend, Generation, GenerationRequest, TextSink
+from .calibration import Calibration
+from .prompts import REJECT_PHRASE, could_become_reject, is_reject, reject_variants, with_scenario
 
 
 @dataclass(frozen=True)
 class Decision:
     reject: bool
-    generation: Generation  # the answer, or the output that was read as a rejection
+    generation: Generation | None  # the answer; for a rejection, the output read as one (if any)
     reject_prob: float | None = None
+    skip: bool = False  # so sure of rejecting that the query should go to the strongest peer
+    prompt_tokens: int = 0  # tokens the decision itself read, when no generation was run
 
 
 def _request(query: Query, messages: list[dict[str, str]], suppress: tuple[str, ...] = ()) -> GenerationRequest:
@@ -37,13 +41,32 @@ def _chat(query: Query) -> list[dict[str, str]]:
     return [m.model_dump() for m in query.messages]
 
 
+class RejectGuard:
+    """Holds streamed text back while it could still turn out to be the reject phrase."""
+
+    def __init__(self, sink: TextSink) -> None:
+        self._sink = sink
+        self._held = ""
+        self._open = False
+
+    def __call__(self, delta: str) -> None:
+        if self._open:
+            self._sink(delta)
+            return
+        self._held += delta
+        if not could_become_reject(self._held):
+            self._open, held, self._held = True, self._held, ""
+            self._sink(held)
+
+
 class Policy(ABC):
     name: ClassVar[str]
     never_rejects: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()  # backend capabilities the policy requires
 
     @abstractmethod
-    async def decide(self, backend: Backend, query: Query) -> Decision:
-        """Answer the query, or reject it so the node forwards it."""
+    async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
+        """Answer the query (streaming the answer to ``on_text``), or reject it."""
 
 
 class GeneratePolicy(Policy):
@@ -54,10 +77,32 @@ class GeneratePolicy(Policy):
     def __init__(self, demonstrations: bool = True) -> None:
         self.demonstrations = demonstrations  # few-shot turns help untrained models use the phrase
 
-    async def decide(self, backend: Backend, query: Query) -> Decision:
+    async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
         chat = with_scenario(_chat(query), query.alpha, demonstrations=self.demonstrations)
-        generation = await backend.generate(_request(query, chat))
+        generation = await backend.generate(_request(query, chat), RejectGuard(on_text) if on_text else None)
         return Decision(reject=is_reject(generation.text), generation=generation)
+
+
+class ProbePolicy(Policy):
+    """One prefill gives P(reject phrase | prompt); forward above the calibrated threshold,
+    otherwise generate with the reject phrase suppressed."""
+
+    name = "probe"
+    needs = frozenset({"score"})
+
+    def __init__(self, calibration: Calibration | None = None, demonstrations: bool = True) -> None:
+        self.calibration = calibration or Calibration()
+        self.demonstrations = demonstrations
+
+    async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
+        chat = with_scenario(_chat(query), query.alpha, demonstrations=self.demonstrations)
+        logprob, prompt_tokens = await backend.continuation_logprob(chat, REJECT_PHRASE)
+        reject_prob = math.exp(logprob)
+        if reject_prob > self.calibration.threshold(query.alpha):
+            skip = reject_prob > self.calibration.skip_threshold(query.alpha)
+            return Decision(reject=True, generation=None, reject_prob=reject_prob, skip=skip, prompt_tokens=prompt_tokens)
+        generation = await backend.generate(_request(query, chat, suppress=tuple(reject_variants())), on_text)
+        return Decision(reject=False, generation=generation, reject_prob=reject_prob)
 
 
 class AlwaysPolicy(Policy):
@@ -66,19 +111,19 @@ class AlwaysPolicy(Policy):
     name = "always"
     never_rejects = True
 
-    async def decide(self, backend: Backend, query: Query) -> Decision:
-        return Decision(reject=False, generation=await answer_forced(backend, query))
+    async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
+        return Decision(reject=False, generation=await answer_forced(backend, query, on_text))
 
 
-async def answer_forced(backend: Backend, query: Query) -> Generation:
+async def answer_forced(backend: Backend, query: Query, on_text: TextSink | None = None) -> Generation:
     """Answer without the scenario instruction and with the reject phrase suppressed."""
-    return await backend.generate(_request(query, _chat(query), suppress=tuple(reject_variants())))
+    return await backend.generate(_request(query, _chat(query), suppress=tuple(reject_variants())), on_text)
 
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, AlwaysPolicy)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, ProbePolicy, AlwaysPolicy)}
 
 
-def make_policy(name: str) -> Policy:
+def make_policy(name: str, calibration: Calibration | None = None) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    return POLICIES[name]()
+    return ProbePolicy(calibration) if name == "probe" else POLICIES[name]()

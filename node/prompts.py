@@ -60,6 +60,12 @@ def is_reject(text: str) -> bool:
     return _normalise(text.strip().strip("\"'`")) == _REJECT_NORMALISED
 
 
+def could_become_reject(text: str) -> bool:
+    """True while ``text`` (a prefix of an output) may still end up being the reject phrase."""
+    normalised = _normalise(text.strip().strip("\"'`"))
+    return _REJECT_NORMALISED.startswith(normalised)
+
+
 def reject_variants() -> list[str]:
     """Spellings of the reject phrase to suppress when a node must answer."""
     return [REJECT_PHRASE, " " + REJECT_PHRASE, REJECT_PHRASE.rstrip("!"), " " + REJECT_PHRASE.rstrip("!")]

@@ -22,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
     Answer,
+    Chunk,
     Error,
     ErrorCode,
     Hop,
@@ -57,6 +58,27 @@ class _Outcome:
     generation: Generation
     decision: str
     reject_prob: float | None = None
+    decide_ms: float | None = None
+
+
+class _ChunkStream:
+    """Publishes an answer's text deltas to the client's reply subject as numbered Chunks."""
+
+    def __init__(self, node: "Node", query: Query) -> None:
+        self._node = node
+        self._query = query
+        self._seq = 0
+        self._pending: list[asyncio.Task] = []
+
+    def send(self, delta: str) -> None:
+        chunk = Chunk(id=self._query.id, chunk=delta, seq=self._seq, node_id=self._node.card.node_id)
+        self._seq += 1
+        payload = encode(chunk, self._query.wire)
+        self._pending.append(asyncio.ensure_future(self._node.nc.publish(self._query.reply_to, payload)))
+
+    async def flush(self) -> None:
+        """Wait until every chunk is handed to NATS, so the final Answer comes after them."""
+        await asyncio.gather(*self._pending, return_exceptions=True)
 
 
 @dataclass
@@ -194,27 +216,32 @@ class Node:
             return
         live = self.membership.live() if self.membership else []
         targets = [] if len(query.path) + 1 >= query.max_hops else self.routing.targets(query, self.card, live)
+        stream = _ChunkStream(self, query) if query.stream else None
+        sink = stream.send if stream else None
         try:
             if not targets:
                 decision_name = "answer" if self.policy.never_rejects else "forced"
-                outcome = _Outcome(await answer_forced(self.backend, query), decision_name)
+                outcome = _Outcome(await answer_forced(self.backend, query, sink), decision_name)
             else:
-                decision = await self.policy.decide(self.backend, query)
+                decision = await self.policy.decide(self.backend, query, sink)
+                decide_ms = (time.perf_counter() - started) * 1000.0
                 if decision.reject:
-                    hop = self._hop("reject", decision.generation, started, decision.reject_prob)
-                    if await self._hand_off(query, hop, targets):
+                    hop = self._hop("reject", decision.generation, started, decision.reject_prob, decide_ms, decision.prompt_tokens)
+                    if await self._hand_off(query, hop, targets[::-1] if decision.skip else targets):
                         return
                     self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
-                    outcome = _Outcome(await answer_forced(self.backend, query), "forced", decision.reject_prob)
+                    outcome = _Outcome(await answer_forced(self.backend, query, sink), "forced", decision.reject_prob, decide_ms)
                 else:
-                    outcome = _Outcome(decision.generation, "answer", decision.reject_prob)
+                    outcome = _Outcome(decision.generation, "answer", decision.reject_prob, decide_ms)
         except PromptTooLongError as exc:
             await self._send(query, Error.of(ErrorCode.TOO_LARGE, str(exc), query.id, query.path))
             return
+        if stream is not None:
+            await stream.flush()
         if outcome.generation.finish_reason == "deadline" or query.expired():
             await self._send(query, Error.of(ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed during generation", query.id, query.path))
             return
-        hop = self._hop(outcome.decision, outcome.generation, started, outcome.reject_prob)
+        hop = self._hop(outcome.decision, outcome.generation, started, outcome.reject_prob, outcome.decide_ms)
         path = [*query.path, hop]
         answer = Answer(
             id=query.id,
@@ -230,15 +257,24 @@ class Node:
         self._log.info("answered", decision=outcome.decision, hops=len(path), ms=round(hop.ms, 1))
         await self._send(query, answer)
 
-    def _hop(self, decision: str, generation: Generation, started: float, reject_prob: float | None) -> Hop:
+    def _hop(
+        self,
+        decision: str,
+        generation: Generation | None,
+        started: float,
+        reject_prob: float | None,
+        decide_ms: float | None = None,
+        prompt_tokens: int = 0,
+    ) -> Hop:
         return Hop(
             node_id=self.card.node_id,
             model=self.card.model_key,
             decision=decision,
             reject_prob=reject_prob,
             ms=(time.perf_counter() - started) * 1000.0,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
+            decide_ms=decide_ms,
+            prompt_tokens=generation.prompt_tokens if generation else prompt_tokens,
+            completion_tokens=generation.completion_tokens if generation else 0,
         )
 
     async def _hand_off(self, query: Query, hop: Hop, targets) -> bool:  # noqa: ANN001

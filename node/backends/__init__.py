@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .base import Backend, Generation, GenerationRequest, PromptTooLongError
+from .base import Backend, Generation, GenerationRequest, PromptTooLongError, TextSink
 from .sources import ModelNotFoundError, ModelSource, resolve
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    load: Callable[..., Backend]  # (model name or resolved source, **options) -> Backend
+    resolves_model: bool = True  # whether --model names weights (a known name, folder or .gguf)
 
 
 def _transformers(source: ModelSource, **options) -> Backend:
@@ -14,25 +21,46 @@ def _transformers(source: ModelSource, **options) -> Backend:
     return TransformersBackend.load(source, **options)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"transformers": _transformers}
+def _instant(model: str, **options) -> Backend:
+    from .instant import InstantBackend
+
+    return InstantBackend(model)
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "transformers": BackendSpec(_transformers),
+    "instant": BackendSpec(_instant, resolves_model=False),
+}
+
+
+def check_model(kind: str, model: str) -> ModelSource | None:
+    """Fail fast (before loading anything) on an unknown backend or a model that isn't here."""
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; choose from {', '.join(BACKENDS)}")
+    return resolve(model) if BACKENDS[kind].resolves_model else None
 
 
 def load_backend(kind: str, model: str | ModelSource, **options) -> Backend:
     """Load ``model`` (name, folder, .gguf or resolved source) with the backend called ``kind``."""
-    if kind not in BACKENDS:
+    spec = BACKENDS.get(kind)
+    if spec is None:
         raise ValueError(f"unknown backend {kind!r}; choose from {', '.join(BACKENDS)}")
-    source = model if isinstance(model, ModelSource) else resolve(model)
-    return BACKENDS[kind](source, **options)
+    if spec.resolves_model and not isinstance(model, ModelSource):
+        model = resolve(model)
+    return spec.load(model if spec.resolves_model else str(getattr(model, "name", model)), **options)
 
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendSpec",
     "Generation",
     "GenerationRequest",
     "ModelNotFoundError",
     "ModelSource",
     "PromptTooLongError",
+    "TextSink",
+    "check_model",
     "load_backend",
     "resolve",
 ]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+TextSink = Callable[[str], None]
+"""Receives text deltas as they are decoded, on the event loop, in order."""
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,24 @@ class PromptTooLongError(Exception):
 
 
 class Backend(ABC):
-    """A loaded model that generates chat completions; safe to call from many tasks at once."""
+    """A loaded model that completes chats; safe to call from many tasks at once.
 
-    kind: str
+    ``capabilities`` says which optional methods work: "stream" (``generate`` calls ``on_text``
+    with deltas as tokens are decoded) and "score" (``continuation_logprob``).
+    """
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     model_name: str
     context_length: int
 
     @abstractmethod
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
         """Complete the chat; raise PromptTooLongError if it cannot fit the context."""
+
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+        """log P(continuation | chat prompt) from one prefill, and the prompt's token count."""
+        raise NotImplementedError(f"the {self.kind} backend cannot score continuations")
 
     async def close(self) -> None:
         """Release the model; the default has nothing to release."""

@@ -1,15 +1,23 @@
-"""Hugging Face transformers backend: CPU or CUDA, chat templates, generation in worker threads."""
+"""Hugging Face transformers backend: CPU or CUDA, chat templates, micro-batched generation.
+
+Concurrent requests are collected for a short window and run as one left-padded ``generate``
+call per batch (rows with the same sampling settings), so throughput grows with concurrency.
+Up to ``concurrency`` batches run at once in worker threads, so a long generation never holds
+back queries that arrive after it started.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import structlog
 
-from .base import Backend, Generation, GenerationRequest, PromptTooLongError
+from .base import Backend, Generation, GenerationRequest, PromptTooLongError, TextSink
 from .sources import ModelSource, local_folder
 
 log = structlog.get_logger("disrouter.node.transformers")
@@ -17,33 +25,103 @@ log = structlog.get_logger("disrouter.node.transformers")
 _PLAIN_TEMPLATE_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
-class _DeadlineCriteria:
-    """Stops generation once the query's deadline passes."""
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    prompt_ids: list[int]
+    on_text: TextSink | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.hit = False
+    def sampling_key(self) -> tuple:
+        r = self.request
+        return (r.temperature, r.top_p if r.temperature > 0 else 1.0, r.suppress)
 
-    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' StoppingCriteria protocol
+
+@dataclass
+class _Row:
+    """Per-row bookkeeping inside one batched generate call."""
+
+    pending: _Pending
+    max_new: int
+    tokens: list[int] = field(default_factory=list)
+    finished: bool = False
+    hit_deadline: bool = False
+    streamed: str = ""
+
+
+class _BatchControl:
+    """Stopping criteria and streamer for one batch: per-row limits, deadlines and text deltas."""
+
+    def __init__(self, rows: list[_Row], tokenizer, stop_ids: set[int]) -> None:  # noqa: ANN001
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self._prompt_seen = False
+
+    # transformers' StoppingCriteria protocol: a bool per row, True when that row is done.
+    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001, ANN204
         import torch
 
-        self.hit = time.time() >= self.deadline
-        return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool, device=input_ids.device)
+        now = time.time()
+        for row in self.rows:
+            deadline = row.pending.request.deadline
+            if not row.finished and deadline is not None and now >= deadline:
+                row.finished = row.hit_deadline = True
+        return torch.tensor([row.finished for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    # transformers' BaseStreamer protocol: put() gets the prompt once, then one token per row per step.
+    def put(self, value) -> None:  # noqa: ANN001
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.tolist()):
+            if row.finished:
+                continue
+            if token in self.stop_ids:
+                row.finished = True
+                continue
+            row.tokens.append(token)
+            if len(row.tokens) >= row.max_new:
+                row.finished = True
+            if row.pending.on_text is not None:
+                self._stream(row)
+
+    def end(self) -> None:
+        pass
+
+    def _stream(self, row: _Row) -> None:
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd") or not text.startswith(row.streamed):
+            return  # an incomplete multi-byte character: wait for the next token
+        delta, row.streamed = text[len(row.streamed):], text
+        if delta:
+            row.pending.loop.call_soon_threadsafe(row.pending.on_text, delta)
 
 
 class TransformersBackend(Backend):
     kind = "transformers"
+    capabilities = frozenset({"stream", "score"})
 
-    def __init__(self, model, tokenizer, model_name: str, concurrency: int = 4) -> None:  # noqa: ANN001
+    def __init__(self, model, tokenizer, model_name: str, concurrency: int = 2, max_batch: int = 16, batch_window_s: float = 0.005) -> None:  # noqa: ANN001
         self._model = model
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not re-entrant
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate")
+        self._pool = ThreadPoolExecutor(max_workers=concurrency + 1, thread_name_prefix="generate")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        self._max_batch = max_batch
+        self._window = batch_window_s
         self.model_name = model_name
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        eos = model.generation_config.eos_token_id
+        self._stop_ids = {t for t in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id] if t is not None}
+        self.batches_run = 0  # for tests and benchmarks: how many generate calls served the rows
 
     @classmethod
-    def load(cls, source: ModelSource, device: str | None = None, concurrency: int = 4) -> "TransformersBackend":
+    def load(cls, source: ModelSource, device: str | None = None, concurrency: int = 2, max_batch: int = 16) -> "TransformersBackend":
         """Load a resolved model onto ``device`` (CUDA when available, else CPU)."""
         import torch
         import transformers
@@ -59,63 +137,142 @@ class TransformersBackend(Backend):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         log.info("model_loaded", model=source.name, folder=str(folder), device=device)
-        return cls(model, tokenizer, source.name, concurrency=concurrency)
+        return cls(model, tokenizer, source.name, concurrency=concurrency, max_batch=max_batch)
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    # --- public API ---------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._generate_blocking, request)
+        prompt_ids = await loop.run_in_executor(self._pool, self._prompt_ids, request.messages)
+        if len(prompt_ids) >= self.context_length:
+            raise PromptTooLongError(
+                f"prompt is {len(prompt_ids)} tokens; model {self.model_name} has a context of {self.context_length}"
+            )
+        pending = _Pending(request, prompt_ids, on_text, loop.create_future(), loop)
+        self._queue.append(pending)
+        self._ensure_batcher()
+        self._wakeup.set()
+        return await pending.future
+
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._score_blocking, messages, continuation)
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("backend closed"))
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _prompt_ids(self, messages: list[dict[str, str]]):  # noqa: ANN202 - a torch tensor
+    # --- batching -----------------------------------------------------------------------------
+
+    def _ensure_batcher(self) -> None:
+        if self._batcher is None or self._batcher.done():
+            self._wakeup = asyncio.Event()
+            self._batcher = asyncio.create_task(self._batch_loop(), name="transformers-batcher")
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await asyncio.sleep(self._window)  # let queries that arrive together share the batch
+            batch = self._take_batch()
+            work = loop.run_in_executor(self._pool, self._generate_batch, batch)
+            work.add_done_callback(lambda done, batch=batch: self._finish(done, batch))
+
+    def _take_batch(self) -> list[_Pending]:
+        key = self._queue[0].sampling_key()
+        batch, rest = [], deque()
+        while self._queue:
+            item = self._queue.popleft()
+            (batch if item.sampling_key() == key and len(batch) < self._max_batch else rest).append(item)
+        self._queue.extendleft(reversed(rest))
+        return batch
+
+    def _finish(self, done: asyncio.Future, batch: list[_Pending]) -> None:
+        self._slots.release()
+        error = done.exception()
+        results = None if error else done.result()
+        for index, pending in enumerate(batch):
+            if pending.future.done():
+                continue
+            if error is not None:
+                pending.future.set_exception(error)
+            else:
+                pending.future.set_result(results[index])
+
+    # --- blocking work (worker threads) -------------------------------------------------------
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:
             if self._tokenizer.chat_template:
-                encoded = self._tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-                )
-                return encoded["input_ids"]
+                return list(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
             text = "".join(f"{_PLAIN_TEMPLATE_ROLES[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
-            return self._tokenizer(text, return_tensors="pt")["input_ids"]
+            return self._tokenizer(text)["input_ids"]
 
     def _phrase_ids(self, phrases: tuple[str, ...]) -> list[list[int]] | None:
         with self._tokenizer_lock:
             ids = [self._tokenizer(p, add_special_tokens=False)["input_ids"] for p in phrases]
         return [i for i in ids if i] or None
 
-    def _generate_blocking(self, request: GenerationRequest) -> Generation:
+    def _generate_batch(self, batch: list[_Pending]) -> list[Generation]:
         import torch
         from transformers import StoppingCriteriaList
 
-        input_ids = self._prompt_ids(request.messages)
-        prompt_tokens = int(input_ids.shape[1])
-        room = self.context_length - prompt_tokens
-        if room < 1:
-            raise PromptTooLongError(
-                f"prompt is {prompt_tokens} tokens; model {self.model_name} has a context of {self.context_length}"
-            )
-        max_new = min(request.max_tokens, room)
-        criteria = _DeadlineCriteria(request.deadline) if request.deadline is not None else None
-        sampling = {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p} if request.temperature > 0 else {"do_sample": False}
-        input_ids = input_ids.to(self._model.device)
+        width = max(len(p.prompt_ids) for p in batch)
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p.prompt_ids)) + p.prompt_ids for p in batch])
+        attention = torch.tensor([[0] * (width - len(p.prompt_ids)) + [1] * len(p.prompt_ids) for p in batch])
+        rows = [_Row(p, max_new=min(p.request.max_tokens, self.context_length - len(p.prompt_ids))) for p in batch]
+        control = _BatchControl(rows, self._tokenizer, self._stop_ids)
+        first = batch[0].request
+        sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p} if first.temperature > 0 else {"do_sample": False}
+        device = self._model.device
         with torch.inference_mode():
-            output = self._model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new,
-                bad_words_ids=self._phrase_ids(request.suppress) if request.suppress else None,
-                stopping_criteria=StoppingCriteriaList([criteria]) if criteria else None,
-                pad_token_id=self._tokenizer.pad_token_id,
+            self._model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max(row.max_new for row in rows),
+                bad_words_ids=self._phrase_ids(first.suppress) if first.suppress else None,
+                stopping_criteria=StoppingCriteriaList([control]),
+                streamer=control,
+                pad_token_id=pad,
                 **sampling,
             )
-        new_tokens = output[0, prompt_tokens:]
+        self.batches_run += 1
+        return [self._result(row) for row in rows]
+
+    def _result(self, row: _Row) -> Generation:
         with self._tokenizer_lock:
-            text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
-        completion_tokens = int(new_tokens.shape[0])
-        if criteria is not None and criteria.hit:
+            text = self._tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+        if row.pending.on_text is not None and text.startswith(row.streamed) and len(text) > len(row.streamed):
+            row.pending.loop.call_soon_threadsafe(row.pending.on_text, text[len(row.streamed):])
+        if row.hit_deadline:
             reason = "deadline"
-        elif completion_tokens >= max_new:
+        elif len(row.tokens) >= row.max_new:
             reason = "length"
         else:
             reason = "stop"
-        return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=reason)
+        return Generation(text=text, prompt_tokens=len(row.pending.prompt_ids), completion_tokens=len(row.tokens), finish_reason=reason)
+
+    def _score_blocking(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+        import torch
+
+        prompt_ids = self._prompt_ids(messages)
+        with self._tokenizer_lock:
+            continuation_ids = self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(continuation_ids) > self.context_length:
+            raise PromptTooLongError(
+                f"prompt is {len(prompt_ids)} tokens; model {self.model_name} has a context of {self.context_length}"
+            )
+        ids = torch.tensor([prompt_ids + continuation_ids], device=self._model.device)
+        with torch.inference_mode():
+            logits = self._model(input_ids=ids).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+        picked = logprobs.gather(1, torch.tensor(continuation_ids, device=logits.device).unsqueeze(1))
+        return float(picked.sum()), len(prompt_ids)

@@ -1,0 +1,78 @@
+"""Reject thresholds for the `probe` policy, per scenario alpha, from a model's calibration file.
+
+The file is JSON, written by training next to the model as ``disrouter-calibration.json``:
+
+```json
+{"version": 1,
+ "thresholds": {"0.2": 0.35, "0.5": 0.5, "0.8": 0.65},
+ "skip_thresholds": {"0.2": 0.9, "0.5": 0.95, "0.8": 0.98}}
+```
+
+A node forwards when P(reject phrase | prompt) exceeds ``threshold(alpha)`` and skips straight
+to the strongest live peer when it exceeds ``skip_threshold(alpha)``. Between the listed alphas
+thresholds are interpolated linearly; outside them the nearest is used. Without a file the
+defaults below apply.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+CALIBRATION_FILENAME = "disrouter-calibration.json"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SKIP_THRESHOLD = 0.95
+
+
+class CalibrationError(Exception):
+    """A calibration file that cannot be used."""
+
+
+def _interpolate(points: dict[float, float], alpha: float) -> float:
+    alphas = sorted(points)
+    if alpha <= alphas[0]:
+        return points[alphas[0]]
+    if alpha >= alphas[-1]:
+        return points[alphas[-1]]
+    i = bisect_left(alphas, alpha)
+    lo, hi = alphas[i - 1], alphas[i]
+    return points[lo] + (points[hi] - points[lo]) * (alpha - lo) / (hi - lo)
+
+
+class Calibration(BaseModel):
+    version: int = 1
+    thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_THRESHOLD})
+    skip_thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_SKIP_THRESHOLD})
+
+    @field_validator("thresholds", "skip_thresholds")
+    @classmethod
+    def _probabilities(cls, value: dict[float, float]) -> dict[float, float]:
+        if not value:
+            raise ValueError("needs at least one alpha")
+        for alpha, threshold in value.items():
+            if not (0.0 <= alpha <= 1.0 and 0.0 <= threshold <= 1.0):
+                raise ValueError("alphas and thresholds must be within [0, 1]")
+        return value
+
+    def threshold(self, alpha: float) -> float:
+        return _interpolate(self.thresholds, alpha)
+
+    def skip_threshold(self, alpha: float) -> float:
+        return _interpolate(self.skip_thresholds, alpha)
+
+
+def load_calibration(path: str | Path | None, model_folder: Path | None = None) -> Calibration:
+    """The file at ``path``, else ``<model_folder>/disrouter-calibration.json``, else defaults."""
+    if path is None and model_folder is not None and (model_folder / CALIBRATION_FILENAME).is_file():
+        path = model_folder / CALIBRATION_FILENAME
+    if path is None:
+        return Calibration()
+    try:
+        return Calibration.model_validate(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration file {path} does not exist") from None
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise CalibrationError(f"{path}: not a valid calibration file: {str(exc).splitlines()[0]}") from None
