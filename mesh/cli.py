@@ -14,10 +14,11 @@ from rich.table import Table
 from .cli_common import OneLineParser, add_log_options, add_nats_options, fail
 from .client import MeshClient, MeshError
 from .connection import MeshConnectionError, connect
-from .demo import DemoError, run_demo
+from .demo import run_demo
 from .logs import configure_logging
 from .membership import list_cards, open_registry
 from .nats_server import NatsServerError, ensure_port_free, server_command
+from .processes import NodeStartError
 from .protocol import Answer
 from .subjects import DEFAULT_PREFIX, Subjects
 from .topology import TopologyError
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=None, help="NATS port (default: a free port)")
     demo.add_argument("--topology", default=None, help="topology file (default: the packaged demo.yaml)")
     add_log_options(demo, default_format="console")
+
+    bench = commands.add_parser("bench", help="measure the mesh and the backends")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK", parser_class=OneLineParser)
+    perf = benchmarks.add_parser("perf", help="hop overhead, throughput, batching, reject cost, memory (a few minutes)")
+    perf.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    perf.add_argument("--quick", action="store_true", help="small counts and no vLLM: checks the benchmark runs, not the figures")
+    perf.add_argument("--vllm-compiled", action="store_true", help="measure vLLM with graph compilation (slower start, faster decoding)")
+    add_log_options(perf, default_format="console")
     return parser
 
 
@@ -129,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ask":
             return asyncio.run(run_ask(args))
         configure_logging(args.log_format, args.log_level)
+        if args.command == "bench":
+            from disrouter.bench.perf import main as run_perf
+
+            return run_perf(args.json, quick=args.quick, vllm_compiled=args.vllm_compiled)
         return run_demo(port=args.port, keep=args.keep, topology=args.topology)
     except MeshError as exc:
         return fail(PROG, exc)
-    except (DemoError, MeshConnectionError, NatsServerError, TopologyError, ValueError, OSError) as exc:
+    except (NodeStartError, MeshConnectionError, NatsServerError, TopologyError, ValueError, OSError) as exc:
         return fail(PROG, exc)
     except KeyboardInterrupt:
         return 130

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from disrouter.topologies import topology_path
 
 from .client import MeshClient, MeshError
-from .connection import connect
-from .membership import list_cards, open_registry
 from .nats_server import NatsServer
+from .processes import NodeProcess, start_node, stop_nodes, wait_until_registered
 from .protocol import Answer
-from .subjects import Subjects
 from .topology import Topology, load_topology
 
 QUESTIONS = [
@@ -37,93 +29,14 @@ QUESTIONS = [
     "What is 4718 * 8391?",
     "What is the integral of x^3 * ln(x) dx?",
 ]
-READY_TIMEOUT_S = 600.0
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
-class DemoError(Exception):
-    """A demo node failed to start or the mesh did not come up."""
-
-
-@dataclass
-class NodeProcess:
-    key: str
-    node_id: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def last_log_line(self) -> str:
-        lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "(no output)"
-
-
-def _node_command() -> list[str]:
-    script = Path(sys.executable).with_name("disrouter-node")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("disrouter-node")
-    return [found] if found else [sys.executable, "-m", "disrouter.node.cli"]
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the demo process dies, so no node outlives it (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def launch_nodes(topology: Topology, topology_file: Path, nats_url: str, log_dir: Path) -> list[NodeProcess]:
-    nodes = []
-    for entry in topology.cascade():
-        node_id = f"{entry.key}-1"
-        log_path = log_dir / f"{node_id}.log"
-        command = [*_node_command(), "--model", entry.key, "--topology", str(topology_file), "--nats", nats_url,
-                   "--node-id", node_id, "--log-format", "json"]
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        nodes.append(NodeProcess(entry.key, node_id, process, log_path))
-    return nodes
-
-
-def stop_nodes(nodes: list[NodeProcess], timeout: float = 30.0) -> None:
-    """SIGTERM every node (they drain), then SIGKILL whatever is left."""
-    for node in nodes:
-        if node.process.poll() is None:
-            node.process.terminate()
-    deadline = time.monotonic() + timeout
-    for node in nodes:
-        try:
-            node.process.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
-
-
-async def wait_until_registered(nats_url: str, prefix: str, nodes: list[NodeProcess]) -> None:
-    nc = await connect(nats_url, name="disrouter-demo")
-    try:
-        kv = await open_registry(nc, Subjects(prefix))
-        expected = {node.node_id for node in nodes}
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("", total=None)
-            started = time.monotonic()
-            while True:
-                for node in nodes:
-                    if node.process.poll() is not None:
-                        raise DemoError(f"node {node.node_id} exited with {node.process.returncode}: {node.last_log_line()}")
-                live = {card.node_id for card in await list_cards(kv)} & expected
-                waiting = sorted(expected - live)
-                progress.update(task, description=f"loading models: {len(live)}/{len(expected)} nodes registered"
-                                + (f" (waiting for {', '.join(waiting)})" if waiting else ""))
-                if not waiting:
-                    return
-                if time.monotonic() - started > READY_TIMEOUT_S:
-                    raise DemoError(f"nodes {', '.join(waiting)} did not register within {READY_TIMEOUT_S:.0f}s")
-                await asyncio.sleep(0.5)
-    finally:
-        await nc.close()
+    return [
+        start_node(f"{entry.key}-1", ["--model", entry.key, "--topology", str(topology_file), "--nats", nats_url], log_dir)
+        for entry in topology.cascade()
+    ]
 
 
 async def ask_all(nats_url: str, prefix: str, questions: list[str]) -> list[Answer | MeshError]:
@@ -175,7 +88,7 @@ def run_demo(port: int | None = None, keep: bool = False, topology: str | None =
         console.print(f"NATS (JetStream) on [bold]{server.url}[/bold]; node logs in {log_dir}")
         nodes = launch_nodes(topo, topology_file, server.url, log_dir)
         try:
-            asyncio.run(wait_until_registered(server.url, topo.prefix, nodes))
+            asyncio.run(wait_until_registered(server.url, topo.prefix, nodes, console))
             console.print(f"{len(nodes)} nodes live: " + ", ".join(f"{n.node_id}" for n in nodes))
             if keep:
                 console.print(

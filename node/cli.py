@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="probe policy thresholds (default: disrouter-calibration.json beside the model, else built-in)")
     p.add_argument("--concurrency", type=int, default=2, help="generation batches run at once (default 2)")
     p.add_argument("--max-batch", type=int, default=16, help="queries per generation batch (default 16)")
+    engine = p.add_argument_group("vLLM engine (--backend vllm)")
+    engine.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    engine.add_argument("--gpu-memory-utilization", type=float, help="share of GPU memory (on CPU: of RAM) vLLM reserves (default 0.9 GPU, 0.2 CPU)")
+    engine.add_argument("--enforce-eager", action="store_true", help="skip graph compilation: faster start, slower decoding")
+    engine.add_argument("--dtype", help="weights dtype, e.g. float16, bfloat16, float32 (default: float32 on CPU, the model's on GPU)")
+    remote = p.add_argument_group("OpenAI-compatible endpoint (--backend openai)")
+    remote.add_argument("--endpoint", metavar="URL", help="the server's API root, e.g. http://127.0.0.1:8000/v1; --model is its model name")
+    remote.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default: no key)")
     p.add_argument("--registry-ttl", type=float, default=DEFAULT_REGISTRY_TTL_S, help="seconds before a silent node is dropped")
     p.add_argument("--handoff-timeout", type=float, default=2.0, help="seconds to wait for a peer to confirm a hand-off")
     add_log_options(p)
@@ -87,15 +95,35 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
     return card, model, prefix
 
 
+BACKEND_ONLY_OPTIONS = {
+    "vllm": ("max_model_len", "gpu_memory_utilization", "enforce_eager", "dtype"),
+    "openai": ("endpoint", "api_key_env"),
+}
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """Loader options from the flags; a backend's own flags are refused for the others."""
+    options: dict[str, object] = {"concurrency": args.concurrency, "max_batch": args.max_batch}
+    if args.device:
+        options["device"] = args.device
+    for backend, names in BACKEND_ONLY_OPTIONS.items():
+        given = {name: getattr(args, name) for name in names if getattr(args, name) not in (None, False)}
+        if given and args.backend != backend:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags} only appl{'y' if len(given) > 1 else 'ies'} to --backend {backend}")
+        options |= given
+    if args.backend == "openai" and not args.endpoint:
+        raise ConfigError("--backend openai needs --endpoint URL (the server's API root, e.g. http://127.0.0.1:8000/v1)")
+    return options
+
+
 async def serve(args: argparse.Namespace) -> int:
     card, model, prefix = node_card(args)
     subjects = Subjects(prefix)
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
+    options = backend_options(args)
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}")
     try:
-        options = {"concurrency": args.concurrency, "max_batch": args.max_batch}
-        if args.device:
-            options["device"] = args.device
         model_folder = source.folder if source and source.gguf_file is None else None
         policy = make_policy(card.policy, load_calibration(args.calibration, model_folder))
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)

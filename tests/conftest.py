@@ -20,6 +20,7 @@ from disrouter.mesh.nats_server import NatsServer
 from disrouter.mesh.subjects import Subjects
 from disrouter.node.backends import load_backend
 from disrouter.node.backends.sources import local_folder, resolve
+from disrouter.node.calibration import Calibration
 from disrouter.node.policies import make_policy
 from disrouter.node.routing import CascadeRouting, PeerListRouting
 from disrouter.node.runtime import Node, NodeSettings
@@ -110,13 +111,14 @@ class Mesh:
         policy: str = "generate",
         peers: list[str] | None = None,
         node_id: str | None = None,
+        calibration: Calibration | None = None,
     ) -> Node:
         subjects = Subjects(self.prefix)
         card = NodeCard(node_id=node_id or f"{key}-{uuid.uuid4().hex[:4]}", model_key=key, model=model, cost=cost, entry=entry, policy=policy)
         backend = await asyncio.to_thread(load_backend, "transformers", str(self.models[model]))
         routing = PeerListRouting(subjects, peers) if peers is not None else CascadeRouting(subjects)
         nc = await connect(self.url, name=card.node_id)
-        node = Node(nc, card, backend, make_policy(policy), routing, subjects, NodeSettings(registry_ttl_s=REGISTRY_TTL_S, handoff_timeout_s=1.0))
+        node = Node(nc, card, backend, make_policy(policy, calibration), routing, subjects, NodeSettings(registry_ttl_s=REGISTRY_TTL_S, handoff_timeout_s=1.0))
         await node.start()
         self.nodes.append(node)
         return node

