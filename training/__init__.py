@@ -1,1 +1,2 @@
-"""DiSRouter self-awareness training (competence probing, SFT, RL, evaluation): not built yet."""
+"""DiSRouter self-awareness training: tasks and graders (``tasks``, ``graders``), synthetic tasks
+(``synthetic``) and Stage 0 competence probing (``probe``)."""
