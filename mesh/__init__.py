@@ -1,6 +1,7 @@
 """DiSRouter mesh: wire protocol, subjects, topology, membership, client and embedded NATS."""
 
 from .client import MeshClient, MeshError, ask
+from .connection import NatsAuth
 from .protocol import PROTOCOL_VERSION, Answer, Error, ErrorCode, Hop, Query
 
-__all__ = ["PROTOCOL_VERSION", "Answer", "Error", "ErrorCode", "Hop", "MeshClient", "MeshError", "Query", "ask"]
+__all__ = ["PROTOCOL_VERSION", "Answer", "Error", "ErrorCode", "Hop", "MeshClient", "MeshError", "NatsAuth", "Query", "ask"]

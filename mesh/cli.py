@@ -11,7 +11,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import OneLineParser, add_log_options, add_nats_options, fail
+from .cli_common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
 from .client import MeshClient, MeshError
 from .connection import MeshConnectionError, connect
 from .demo import run_demo
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--quick", action="store_true", help="small counts and no vLLM: checks the benchmark runs, not the figures")
     perf.add_argument("--vllm-compiled", action="store_true", help="measure vLLM with graph compilation (slower start, faster decoding)")
     add_log_options(perf, default_format="console")
+
+    train = commands.add_parser("train", help="teach a model when to say \"I don't know!\" (needs the train extra)")
+    train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all"], help="one stage, or all in order (each resumes)")
+    train.add_argument("--config", required=True, help="run config YAML, e.g. training/configs/smoke.yaml")
+    train.add_argument("--out", default=None, help="output folder (default: the config's out)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_log_options(train, default_format="console")
     return parser
 
 
@@ -88,7 +95,7 @@ def run_nats(args: argparse.Namespace) -> int:
 
 
 async def run_status(args: argparse.Namespace) -> int:
-    nc = await connect(args.nats, name="disrouter-status")
+    nc = await connect(args.nats, name="disrouter-status", auth=nats_auth(args))
     try:
         cards = await list_cards(await open_registry(nc, Subjects(args.prefix)))
     finally:
@@ -107,7 +114,7 @@ async def run_status(args: argparse.Namespace) -> int:
 
 async def run_ask(args: argparse.Namespace) -> int:
     options = {"scenario": args.scenario, "timeout": args.timeout, "max_tokens": args.max_tokens}
-    async with await MeshClient.connect(args.nats, args.prefix) as client:
+    async with await MeshClient.connect(args.nats, args.prefix, auth=nats_auth(args)) as client:
         if args.stream:
             async for event in client.stream(args.question, **options):
                 if isinstance(event, Answer):
@@ -133,11 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "nats":
             return run_nats(args)
-        if args.command == "status":
-            return asyncio.run(run_status(args))
-        if args.command == "ask":
-            return asyncio.run(run_ask(args))
+        if args.command in ("status", "ask"):
+            configure_logging("console", "error")  # their failures are one line each; no warnings on stdout
+            return asyncio.run(run_status(args) if args.command == "status" else run_ask(args))
         configure_logging(args.log_format, args.log_level)
+        if args.command == "train":
+            from disrouter.training.cli import main as run_train
+
+            return run_train(args.stage, args.config, args.out, progress=not args.no_progress)
         if args.command == "bench":
             from disrouter.bench.perf import main as run_perf
 

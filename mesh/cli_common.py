@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from .connection import default_nats_url
+from .connection import NatsAuth, default_nats_url
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -17,11 +17,57 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_nats_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    """``--nats`` and the NATS credential and TLS flags; secrets only from files or the environment."""
+    group = parser.add_argument_group(
+        "NATS connection",
+        "Each flag falls back to a DISROUTER_NATS_* variable (e.g. --nats-ca: $DISROUTER_NATS_CA). "
+        "Secrets never go in flags: the password comes from $DISROUTER_NATS_PASSWORD or a file, "
+        "the token from $DISROUTER_NATS_TOKEN or a file.",
+    )
+    group.add_argument(
         "--nats",
         default=None,
         metavar="URL[,URL...]",
-        help=f"NATS server URL(s) (default: $DISROUTER_NATS or {default_nats_url()})",
+        help=f"NATS server URL(s); user:password@ in a flag shows in ps, so put such URLs in $DISROUTER_NATS "
+        f"(default: $DISROUTER_NATS or {default_nats_url()})",
+    )
+    group.add_argument("--nats-user", metavar="NAME", help="user name; password from $DISROUTER_NATS_PASSWORD or --nats-password-file")
+    group.add_argument("--nats-password-file", metavar="FILE", help="file holding the user's password")
+    group.add_argument("--nats-token-file", metavar="FILE", help="file holding an auth token ($DISROUTER_NATS_TOKEN)")
+    group.add_argument("--nats-creds", metavar="FILE", help="credentials file: user JWT and nkey seed ($DISROUTER_NATS_CREDS)")
+    group.add_argument("--nats-nkey", metavar="FILE", help="nkey seed file ($DISROUTER_NATS_NKEY)")
+    group.add_argument("--nats-ca", metavar="FILE", help="CA certificate(s) that signed the server's; TLS becomes required")
+    group.add_argument("--nats-cert", metavar="FILE", help="client certificate for mutual TLS (with --nats-key)")
+    group.add_argument("--nats-key", metavar="FILE", help="the client certificate's private key")
+    group.add_argument("--nats-inbox-prefix", metavar="SUBJECT", help="subject prefix for replies (default: _INBOX.<user>, else _INBOX)")
+
+
+def read_secret(path: str | None, flag: str) -> str | None:
+    """The secret in file ``path`` without surrounding whitespace; ValueError naming ``flag``."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{flag} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise ValueError(f"{flag} {path} is empty")
+    return secret
+
+
+def nats_auth(args: argparse.Namespace) -> NatsAuth:
+    """The NATS credentials and TLS files from the flags, else from the DISROUTER_NATS_* variables."""
+    return NatsAuth.from_env(
+        user=args.nats_user,
+        password=read_secret(args.nats_password_file, "--nats-password-file"),
+        token=read_secret(args.nats_token_file, "--nats-token-file"),
+        creds=args.nats_creds,
+        nkey=args.nats_nkey,
+        ca=args.nats_ca,
+        cert=args.nats_cert,
+        key=args.nats_key,
+        inbox_prefix=args.nats_inbox_prefix,
     )
 
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from .connection import connect
+from .connection import MeshNats, MeshPermissionError, NatsAuth, connect
 from .protocol import Answer, Chunk, Error, ProtocolError, Query, decode_reply, encode
 from .subjects import DEFAULT_PREFIX, Subjects
 
@@ -50,9 +50,14 @@ class MeshClient:
         self._owns_connection = owns_connection
 
     @classmethod
-    async def connect(cls, urls: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, **options: Any) -> "MeshClient":
-        """Connect to NATS (``$DISROUTER_NATS`` by default); raises MeshConnectionError."""
-        return cls(await connect(urls, name="disrouter-client", **options), prefix, owns_connection=True)
+    async def connect(
+        cls, urls: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, *, auth: NatsAuth | None = None, **options: Any
+    ) -> "MeshClient":
+        """Connect to NATS (``$DISROUTER_NATS``, ``DISROUTER_NATS_*`` credentials by default).
+
+        Raises MeshConnectionError (MeshAuthError for refused credentials or TLS); ``options`` go to nats-py.
+        """
+        return cls(await connect(urls, name="disrouter-client", auth=auth, **options), prefix, owns_connection=True)
 
     async def __aenter__(self) -> "MeshClient":
         return self
@@ -90,6 +95,8 @@ class MeshClient:
             except NatsTimeoutError:
                 last_error = f"no answer within {timeout:g}s"
                 continue
+            except MeshPermissionError as exc:
+                raise MeshError("forbidden", str(exc), query_id) from None
             reply = self._read(msg.data, query_id)
             if isinstance(reply, Answer):
                 return reply
@@ -111,6 +118,7 @@ class MeshClient:
         try:
             payload = self._payload(question, query_id, timeout, stream=True, **options)
             await self.nc.publish(self.subjects.ingress, payload, reply=inbox)
+            await self._check_permissions(query_id, timeout)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -128,6 +136,17 @@ class MeshClient:
         finally:
             await subscription.unsubscribe()
 
+    async def _check_permissions(self, query_id: str, timeout: float) -> None:
+        """After a flush the server has reported any denied subscribe or publish: raise for those."""
+        if not isinstance(self.nc, MeshNats):
+            return
+        try:
+            await self.nc.flush(timeout=min(timeout, 5.0))
+        except Exception:  # slow or reconnecting: the answer's own timeout decides
+            return
+        if denial := self.nc.denial_for(self.subjects.ingress):
+            raise MeshError("forbidden", denial, query_id)
+
     def _payload(self, question: Question, query_id: str, timeout: float, *, stream: bool, **options: Any) -> bytes:
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
         query = Query(id=query_id, messages=messages, deadline=time.time() + timeout, stream=stream, **options)
@@ -144,11 +163,13 @@ class MeshClient:
         return reply
 
 
-def ask(question: Question, nats_url: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Answer:
+def ask(
+    question: Question, nats_url: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, *, auth: NatsAuth | None = None, **kwargs: Any
+) -> Answer:
     """Synchronous one-shot helper: connect, ask, close."""
 
     async def _run() -> Answer:
-        async with await MeshClient.connect(nats_url, prefix) as client:
+        async with await MeshClient.connect(nats_url, prefix, auth=auth) as client:
             return await client.ask(question, **kwargs)
 
     return asyncio.run(_run())

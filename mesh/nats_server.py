@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -47,10 +48,23 @@ def server_command(host: str, port: int, store_dir: str | Path, extra: list[str]
 
 
 class NatsServer:
-    """Run nats-server as a child process; ``with NatsServer() as server: server.url``."""
+    """Run nats-server as a child process; ``with NatsServer() as server: server.url``.
 
-    def __init__(self, port: int | None = None, store_dir: str | Path | None = None, host: str = "127.0.0.1") -> None:
+    ``config`` is a nats-server configuration file (users, permissions, TLS); ``env`` adds to the
+    server's environment, which the file's ``$NAME`` references (e.g. passwords) resolve from.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        store_dir: str | Path | None = None,
+        host: str = "127.0.0.1",
+        config: str | Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.host = host
+        self.config = config
+        self.env = env
         self.port = port or free_port(host)
         self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="disrouter-nats-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp.name)
@@ -63,8 +77,9 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> "NatsServer":
         ensure_port_free(self.host, self.port)
-        command = server_command(self.host, self.port, self.store_dir)
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = server_command(self.host, self.port, self.store_dir, ["-c", str(self.config)] if self.config else None)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         ready = threading.Event()
         threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
         deadline = time.monotonic() + timeout

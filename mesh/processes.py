@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import shutil
 import signal
 import subprocess
@@ -54,11 +55,14 @@ def _die_with_parent() -> None:
 
 
 def start_node(node_id: str, options: list[str], log_dir: Path) -> NodeProcess:
-    """Start ``disrouter-node --node-id NODE_ID OPTIONS...`` with JSON logs in ``log_dir``."""
+    """Start ``disrouter-node --node-id NODE_ID OPTIONS...`` for an embedded (unsecured) NATS
+    server, with JSON logs in ``log_dir``."""
     log_path = log_dir / f"{node_id}.log"
     command = [*_node_command(), "--node-id", node_id, "--log-format", "json", *options]
+    # the embedded server has no auth: credentials meant for another server would only break the login
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DISROUTER_NATS_")}
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                    start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     return NodeProcess(node_id, process, log_path)
 

@@ -5,8 +5,13 @@ The file is JSON, written by training next to the model as ``disrouter-calibrati
 ```json
 {"version": 1,
  "thresholds": {"0.2": 0.35, "0.5": 0.5, "0.8": 0.65},
- "skip_thresholds": {"0.2": 0.9, "0.5": 0.95, "0.8": 0.98}}
+ "skip_thresholds": {"0.2": 0.9, "0.5": 0.95, "0.8": 0.98},
+ "demonstrations": false}
 ```
+
+``demonstrations`` says whether the node prompts with the few-shot turns that teach untrained
+models the reject phrase (default true); training writes false, since a trained model learned
+the phrase and was trained without them, and both `generate` and `probe` then prompt likewise.
 
 A node forwards when P(reject phrase | prompt) exceeds ``threshold(alpha)`` and skips straight
 to the strongest live peer when it exceeds ``skip_threshold(alpha)``. Between the listed alphas
@@ -46,6 +51,7 @@ class Calibration(BaseModel):
     version: int = 1
     thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_THRESHOLD})
     skip_thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_SKIP_THRESHOLD})
+    demonstrations: bool = True
 
     @field_validator("thresholds", "skip_thresholds")
     @classmethod

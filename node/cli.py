@@ -9,7 +9,7 @@ import uuid
 
 import structlog
 
-from disrouter.mesh.cli_common import OneLineParser, add_log_options, add_nats_options, fail
+from disrouter.mesh.cli_common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
 from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, NodeCard
@@ -122,7 +122,8 @@ async def serve(args: argparse.Namespace) -> int:
     subjects = Subjects(prefix)
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
     options = backend_options(args)
-    nc = await connect(args.nats, name=f"disrouter-node {card.node_id}")
+    nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
+    log.info("nats_connected", server=nc.server, node_id=card.node_id)
     try:
         model_folder = source.folder if source and source.gguf_file is None else None
         policy = make_policy(card.policy, load_calibration(args.calibration, model_folder))

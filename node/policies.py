@@ -124,6 +124,12 @@ POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, P
 
 
 def make_policy(name: str, calibration: Calibration | None = None) -> Policy:
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    return ProbePolicy(calibration) if name == "probe" else POLICIES[name]()
+    """The policy called ``name``, prompting as ``calibration`` says (thresholds, demonstrations)."""
+    calibration = calibration or Calibration()
+    if name == "probe":
+        return ProbePolicy(calibration, demonstrations=calibration.demonstrations)
+    if name == "generate":
+        return GeneratePolicy(demonstrations=calibration.demonstrations)
+    if name in POLICIES:
+        return POLICIES[name]()
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")

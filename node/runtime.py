@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from disrouter.mesh.connection import MeshPermissionError
 from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
     Answer,
@@ -292,6 +293,9 @@ class Node:
                 continue
             except NatsTimeoutError:
                 self._log.warning("peer_silent", target=target.model_key)
+                continue
+            except MeshPermissionError as exc:  # this node's NATS user may not publish there
+                self._log.warning("peer_denied", target=target.model_key, error=str(exc))
                 continue
             if reply.data == HANDOFF_ACCEPTED:
                 self.stats.forwarded += 1

@@ -1,0 +1,27 @@
+"""`disrouter train STAGE --config FILE [--out DIR]`: the thin entry point over the pipeline."""
+
+from __future__ import annotations
+
+from disrouter.mesh.cli_common import fail
+from disrouter.node.backends import ModelNotFoundError
+
+from .common import TrainingConfigError
+from .pipeline import Pipeline, TrainConfig
+from .probe import ProbeError
+from .tasks import TaskFileError
+
+PROG = "disrouter train"
+
+
+def main(stage: str, config_path: str, out: str | None, progress: bool = True) -> int:
+    """Run ``stage`` (probe, sft, rl, eval or all) of the run ``config_path`` describes."""
+    try:
+        config = TrainConfig.load(config_path, out)
+        Pipeline(config, progress=progress).run(stage)  # type: ignore[arg-type]
+    except (TrainingConfigError, ProbeError, TaskFileError, ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+        return fail(PROG, exc)
+    except ModuleNotFoundError as exc:
+        return fail(PROG, f"{exc.name} is missing: the training stages need pip install 'disrouter[train]'")
+    if stage in ("eval", "all"):
+        print(f"report: {config.out / 'report.md'}; model for disrouter-node: {config.out / 'model'}")
+    return 0

@@ -1,0 +1,182 @@
+"""The training run a config file describes: probe -> SFT -> RL -> evaluation and calibration.
+
+Output folder (``--out``, else the config's ``out``)::
+
+    tasks.jsonl          the tasks (generated when the config asks for synthetic ones)
+    probe/               Stage 0: competence and every sample (resumable)
+    sft/model/           Stage 1 model          rl/model/   Stage 2 model
+    model/               the final model, with disrouter-calibration.json for the node
+    report.md, report.json, *.png    evaluation on held-out queries
+
+Every stage skips work a previous run finished, so ``disrouter train all`` resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import yaml
+
+from .common import TrainingConfigError
+from .probe import ProbeConfig, load_records, run_probe
+from .splits import DEFAULT_FRACTIONS, select
+from .synthetic import write_synthetic
+
+log = structlog.get_logger("disrouter.training.pipeline")
+
+Stage = Literal["probe", "sft", "rl", "eval"]
+STAGES: tuple[Stage, ...] = ("probe", "sft", "rl", "eval")
+_TOP_LEVEL = {"model", "out", "tasks", "splits", "stages", *STAGES}
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: the base model, where the tasks come from, and one section per stage."""
+
+    model: str
+    out: Path
+    tasks: dict[str, Any]  # {file: PATH, format: tasks|gsm8k|mmlu|arc} or {synthetic: {kinds, per_level, seed, max_level}}
+    splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    split_seed: int = 0
+    stages: tuple[Stage, ...] = STAGES  # which stages `all` runs (rl may be left out)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+    @classmethod
+    def load(cls, path: str | Path, out: str | Path | None = None) -> TrainConfig:
+        """Read a YAML config; errors name the file and the key."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise TrainingConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise TrainingConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, Mapping):
+            raise TrainingConfigError(f"{path}: expected a mapping of settings")
+        unknown = sorted(set(data) - _TOP_LEVEL)
+        if unknown:
+            raise TrainingConfigError(f"{path}: unknown keys {unknown}; known: {', '.join(sorted(_TOP_LEVEL))}")
+        for key in ("model", "tasks"):
+            if key not in data:
+                raise TrainingConfigError(f"{path}: missing {key}")
+        if out is None and "out" not in data:
+            raise TrainingConfigError(f"{path}: no output folder: give --out or set out")
+        splits = dict(data.get("splits") or DEFAULT_FRACTIONS)
+        stages = tuple(data.get("stages") or STAGES)
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise TrainingConfigError(f"{path}: stages {bad} are not among {', '.join(STAGES)}")
+        return cls(
+            model=str(data["model"]),
+            out=Path(out or data["out"]),
+            tasks=dict(data["tasks"]),
+            splits={k: float(v) for k, v in splits.items() if k != "seed"},
+            split_seed=int(splits.get("seed", 0)),
+            stages=stages,
+            sections={stage: dict(data.get(stage) or {}) for stage in STAGES},
+            base_dir=path.parent,
+        )
+
+
+class Pipeline:
+    """Runs the stages of one config; each stage reads what the previous one left in ``out``."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+        self.config = config
+        self.out = config.out
+        self.progress = progress
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def run(self, stage: Stage | Literal["all"]) -> None:
+        for name in self.config.stages if stage == "all" else (stage,):
+            started = time.perf_counter()
+            log.info("stage_started", stage=name, out=str(self.out))
+            getattr(self, f"_{name}")()
+            log.info("stage_finished", stage=name, seconds=round(time.perf_counter() - started, 1))
+
+    def _probe(self) -> None:
+        section = {**self.config.sections["probe"], "model": self.config.model, "tasks": str(self.tasks_file()),
+                   "tasks_format": self.config.tasks.get("format", "tasks")}
+        asyncio.run(run_probe(ProbeConfig.from_dict(section), self.out / "probe", progress=self.progress))
+
+    def _sft(self) -> None:
+        from .sft import SFTStageConfig, train_sft
+
+        stage = SFTStageConfig.from_dict(self.config.sections["sft"])
+        train_sft(stage, self.records("train"), self.config.model, self.out / "sft", progress=self.progress)
+
+    def _rl(self) -> None:
+        from .rl import RLStageConfig, train_rl
+
+        stage = RLStageConfig.from_dict(self.config.sections["rl"])
+        start = self._model_after("sft")
+        train_rl(stage, self.records("train"), start, self.out / "rl", progress=self.progress)
+
+    def _eval(self) -> None:
+        from .calibrate import calibrate, write_calibration
+        from .evaluate import EvalStageConfig, evaluate_model
+        from .report import write_report
+
+        stage = EvalStageConfig.from_dict(self.config.sections["eval"])
+        trained_folder = self._final_model()
+        val, test = self.records("val"), self.records("test")
+        if not val or not test:
+            raise TrainingConfigError(f"eval needs validation and test queries; got {len(val)} and {len(test)}: probe more tasks")
+        calibration_rows = asyncio.run(evaluate_model(trained_folder, val, stage, demonstrations=False, generate=False, progress=self.progress))
+        calibration = calibrate(calibration_rows, stage.alphas)
+        write_calibration(calibration, trained_folder)
+        trained = asyncio.run(evaluate_model(trained_folder, test, stage, demonstrations=False, progress=self.progress))
+        baseline = (
+            asyncio.run(evaluate_model(self.config.model, test, stage, demonstrations=True, progress=self.progress))
+            if stage.baseline else None
+        )
+        meta = {"base_model": self.config.model, "trained_model": str(trained_folder), "stages": list(self.config.stages),
+                "queries": {split: len(self.records(split)) for split in ("train", "val", "test")}}
+        write_report(self.out, trained, baseline, calibration, meta)
+
+    # --- inputs and outputs -------------------------------------------------------------------
+
+    def tasks_file(self) -> Path:
+        """The task JSONL: the config's file, or synthetic tasks generated once into ``out``."""
+        spec = self.config.tasks
+        if "file" in spec:
+            path = Path(spec["file"])
+            return path if path.is_absolute() else self.config.base_dir / path
+        if "synthetic" not in spec:
+            raise TrainingConfigError("tasks: give file: PATH or synthetic: {kinds, per_level, seed, max_level}")
+        target = self.out / "tasks.jsonl"
+        if not target.exists():
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_synthetic(target, **dict(spec["synthetic"] or {}))
+        return target
+
+    def records(self, split: Literal["train", "val", "test"]) -> list:
+        done = load_records(self.out / "probe")
+        if not done:
+            raise TrainingConfigError(f"no probe results in {self.out / 'probe'}: run `disrouter train probe` first")
+        return select(done.values(), split, fractions=self.config.splits, seed=self.config.split_seed)
+
+    def _model_after(self, stage: Stage) -> str:
+        """The model a stage starts from: the previous stage's output when it ran, else the base."""
+        folder = self.out / stage / "model"
+        return str(folder) if (folder / "config.json").exists() else self.config.model
+
+    def _final_model(self) -> Path:
+        """``out/model``: a copy of the last trained stage's model (refreshed when that is newer)."""
+        source = next((self.out / s / "model" for s in ("rl", "sft") if (self.out / s / "model" / "config.json").exists()), None)
+        if source is None:
+            raise TrainingConfigError(f"no trained model in {self.out}: run the sft (and rl) stages first")
+        final = self.out / "model"
+        if not final.exists() or (source / "config.json").stat().st_mtime > (final / "config.json").stat().st_mtime:
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(source, final)
+        return final

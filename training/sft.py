@@ -1,0 +1,204 @@
+"""Stage 1, SFT: teach the model its knowledge boundary from its own probed competence.
+
+For every training query and scenario alpha the target is the reject phrase when competence
+p < 1 - alpha, else one of the model's own correct probe samples (so its knowledge is unchanged).
+The prompt is the node's scenario chat (``with_scenario``, no demonstrations); accept and reject
+examples are balanced per alpha; the loss covers the completion only. Output: ``out_dir/model``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from disrouter.node.prompts import REJECT_PHRASE, with_scenario
+
+from .common import (
+    TrainingConfigError,
+    check_alphas,
+    compact_progress,
+    config_from_dict,
+    finished_model,
+    load_model_and_tokenizer,
+    lora_config,
+    mixed_bf16,
+    model_folder,
+    quiet_libraries,
+    resume_key,
+    run_summary,
+    save_model,
+    use_cuda,
+)
+from .probe import ProbeRecord
+
+log = structlog.get_logger("disrouter.training.sft")
+
+
+@dataclass
+class SFTStageConfig:
+    """Settings of the SFT stage; ``from_dict`` reads a config file's ``sft`` section."""
+
+    alphas: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    merge: bool = True  # merge the adapter into a full model folder (else save the PEFT adapter)
+    epochs: float = 1.0
+    max_steps: int = -1  # -1: epochs decide
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-4
+    max_length: int = 512
+    seed: int = 0
+    balance: bool = True  # downsample the majority of accept / reject examples per alpha
+    max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.alphas = [float(a) for a in self.alphas]
+        except (TypeError, ValueError):
+            raise TrainingConfigError(f"sft config: alphas must be a list of numbers, got {self.alphas!r}") from None
+        problems = check_alphas(self.alphas, "sft")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            problems.append("lora_r and lora_alpha must be at least 1")
+        if self.epochs <= 0 and self.max_steps < 1:
+            problems.append("give epochs > 0 or max_steps >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            problems.append("max_steps must be -1 (epochs decide) or at least 1")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            problems.append("batch_size and gradient_accumulation must be at least 1")
+        if self.learning_rate <= 0:
+            problems.append("learning_rate must be positive")
+        if self.max_length < 16:
+            problems.append("max_length must be at least 16")
+        if self.max_examples is not None and self.max_examples < 1:
+            problems.append("max_examples must be at least 1")
+        if problems:
+            raise TrainingConfigError("sft config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> SFTStageConfig:
+        """A config from a mapping; unknown keys raise TrainingConfigError listing the known ones."""
+        return config_from_dict(cls, data, "sft")
+
+
+def _answer_target(record: ProbeRecord, alpha: float, seed: int) -> str | None:
+    """One of the record's correct samples, chosen by seed; finished ones before cut-off ones."""
+    correct = [s for s in record.samples if s.correct and not s.reject and s.text.strip()]
+    finished = [s for s in correct if s.finish_reason != "length"]
+    pool = finished or correct
+    if not pool:
+        return None
+    return random.Random(f"{seed}:{record.id}:{alpha}").choice(pool).text.strip()
+
+
+def _balanced(accept: list[dict], reject: list[dict], rng: random.Random) -> list[dict]:
+    """Both classes cut to the smaller one's size (a deterministic sample, original order kept)."""
+    size = min(len(accept), len(reject))
+
+    def cut(rows: list[dict]) -> list[dict]:
+        keep = sorted(rng.sample(range(len(rows)), size))
+        return [rows[i] for i in keep]
+
+    return cut(accept) + cut(reject)
+
+
+def build_sft_examples(records: list[ProbeRecord], config: SFTStageConfig) -> list[dict]:
+    """Conversational prompt/completion rows, one per (record, alpha) kept, with ``id``, ``alpha``
+    and ``reject`` metadata; deterministic for a given seed."""
+    examples: list[dict] = []
+    for alpha in config.alphas:
+        accept: list[dict] = []
+        reject: list[dict] = []
+        for record in sorted(records, key=lambda r: r.id):
+            rejects = record.competence < 1.0 - alpha
+            target = REJECT_PHRASE if rejects else _answer_target(record, alpha, config.seed)
+            if target is None:
+                continue  # labelled accept but no correct sample to imitate (cannot happen when p > 0)
+            row = {
+                "prompt": with_scenario(record.task.prompt_messages(), alpha, demonstrations=False),
+                "completion": [{"role": "assistant", "content": target}],
+                "id": record.id,
+                "alpha": alpha,
+                "reject": rejects,
+            }
+            (reject if rejects else accept).append(row)
+        if config.balance:
+            if not accept or not reject:
+                log.warning("sft_alpha_one_class", alpha=alpha, accept=len(accept), reject=len(reject))
+            kept = _balanced(accept, reject, random.Random(f"{config.seed}:balance:{alpha}"))
+        else:
+            kept = accept + reject
+        log.info("sft_examples", alpha=alpha, accept=len(accept), reject=len(reject), kept=len(kept))
+        examples += kept
+    random.Random(f"{config.seed}:shuffle").shuffle(examples)
+    return examples[: config.max_examples] if config.max_examples is not None else examples
+
+
+def train_sft(config: SFTStageConfig, records: list[ProbeRecord], model: str | Path, out_dir: Path, progress: bool = True) -> Path:
+    """Fine-tune ``model`` on ``records`` (the train split) and return ``out_dir/model``; a folder a
+    previous run completed with the same settings is returned without training."""
+    out_dir = Path(out_dir)
+    base = model_folder(model)
+    key = resume_key(config, base, [r.id for r in records])
+    done = finished_model(out_dir, key)
+    if done is not None:
+        log.info("sft_resumed", model=str(done))
+        return done
+    examples = build_sft_examples(records, config)
+    if not examples:
+        raise TrainingConfigError(
+            f"sft: no training examples from {len(records)} records: every alpha lacks accept or reject "
+            "examples (probe more queries, or set balance: false)"
+        )
+    quiet_libraries(progress)
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    network, tokenizer = load_model_and_tokenizer(base)
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=mixed_bf16(),
+        gradient_checkpointing=use_cuda(),  # saves GPU memory on big models; only slows small CPU runs
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not progress,
+        use_cpu=not use_cuda(),
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=network,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None,
+    )
+    compact_progress(trainer, ("loss", "learning_rate"))
+    rejects = sum(e["reject"] for e in examples)
+    log.info("sft_start", examples=len(examples), rejects=rejects, base=str(base), lora=config.lora, out=str(out_dir))
+    started = time.perf_counter()
+    trainer.train()
+    summary = run_summary("sft", key, trainer, started, examples=len(examples), reject_examples=rejects)
+    losses = [row["loss"] for row in summary["log_history"] if row.get("loss") is not None]
+    folder = save_model(trainer.model, tokenizer, out_dir, config.merge, summary)
+    log.info("sft_done", steps=summary["steps"], seconds=summary["seconds"], seconds_per_step=summary["seconds_per_step"],
+             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, model=str(folder))
+    return folder
