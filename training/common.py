@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 log = structlog.get_logger("disrouter.training.common")
 
@@ -214,3 +216,16 @@ def _finite(value: Any) -> Any:
 
 def _jsonable(value: Any) -> Any:
     return str(value)
+
+
+def progress_bar(stage: str, enabled: bool = True) -> Progress:
+    """The bar every stage shows on stderr: ``stage`` then the task's description, count and times."""
+    return Progress(
+        TextColumn(f"[bold]{stage}[/] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )

@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from disrouter.node.backends import BACKENDS, Backend, GenerationRequest, PromptTooLongError, load_backend
 from disrouter.node.prompts import REJECT_PHRASE, is_reject, with_scenario
 
-from .common import TrainingConfigError, check_alphas, config_from_dict
+from .common import TrainingConfigError, check_alphas, config_from_dict, progress_bar
 from .graders import grade
 from .probe import ProbeRecord
 
@@ -191,18 +189,6 @@ async def _evaluate_one(
     return EvalRow(record.id, alpha, record.competence, rejected, correct, p_reject, text)
 
 
-def _progress_bar(enabled: bool, label: str) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]eval[/] {label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 async def evaluate_model(
     model: str | Path,
     records: Sequence[ProbeRecord],
@@ -228,8 +214,8 @@ async def evaluate_model(
     skipped: set[str] = set()
     slots = asyncio.Semaphore(config.in_flight)
     try:
-        with _progress_bar(progress, Path(str(model)).name) as bar:
-            bar_task = bar.add_task("", total=len(jobs))
+        with progress_bar("eval", progress) as bar:
+            bar_task = bar.add_task(Path(str(model)).name, total=len(jobs))
 
             async def run(record: ProbeRecord, alpha: float) -> None:
                 async with slots:

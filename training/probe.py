@@ -28,12 +28,11 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from disrouter.node.backends import BACKENDS, Backend, Generation, GenerationRequest, PromptTooLongError, load_backend
 from disrouter.node.prompts import is_reject
 
+from .common import progress_bar
 from .graders import grade
 from .tasks import FORMATS, Task, load_task_file
 
@@ -232,18 +231,6 @@ async def _probe_one(backend: Backend, task: Task, config: ProbeConfig) -> Probe
     return ProbeRecord(id=task.id, task=task, competence=correct / len(samples), correct=correct, samples=samples)
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]probe[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -292,7 +279,7 @@ async def _sample_all(
     queue: Iterator[Task] = iter(todo)
     skipped: list[dict[str, str]] = []
     competences = [record.competence for record in done]
-    with (out_dir / RECORDS_FILE).open("a", encoding="utf-8") as records, _progress_bar(progress) as bar:
+    with (out_dir / RECORDS_FILE).open("a", encoding="utf-8") as records, progress_bar("probe", progress) as bar:
         bar_task = bar.add_task("", total=total, completed=total - len(todo))
 
         async def worker() -> None:
