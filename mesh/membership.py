@@ -14,7 +14,8 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api as js_api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
@@ -23,6 +24,7 @@ from .subjects import Subjects
 log = structlog.get_logger("disrouter.mesh.membership")
 
 DEFAULT_REGISTRY_TTL_S = 10.0
+START_RETRY_S = 30.0  # how long joining retries while JetStream is unavailable (e.g. a cluster electing leaders)
 
 
 class NodeCard(BaseModel):
@@ -51,18 +53,34 @@ async def open_registry(nc: NATS, subjects: Subjects, ttl: float = DEFAULT_REGIS
         return await js.key_value(subjects.registry_bucket)
     except (BucketNotFoundError, NotFoundError):
         pass
-    config = js_api.KeyValueConfig(
-        bucket=subjects.registry_bucket,
-        history=1,
-        ttl=ttl,
-        limit_marker_ttl=ttl,
-        storage=js_api.StorageType.MEMORY,
-        description="DiSRouter live nodes (one NodeCard per key)",
-    )
-    try:
-        return await js.create_key_value(config)
-    except Exception:  # another node created it between our two calls
-        return await js.key_value(subjects.registry_bucket)
+    return await _create_registry(nc, subjects.registry_bucket, ttl)
+
+
+async def _create_registry(nc: NATS, bucket: str, ttl: float) -> KeyValue:
+    """Create the bucket (idempotent for the same settings). In a NATS cluster it is replicated on
+    3 servers, so losing one server loses no registry; a lone server keeps 1 replica."""
+    js = nc.jetstream()
+    clustered = bool(getattr(nc, "_server_info", {}).get("cluster"))
+    for replicas in (3, 1) if clustered else (1,):
+        config = js_api.KeyValueConfig(
+            bucket=bucket,
+            history=1,
+            ttl=ttl,
+            limit_marker_ttl=ttl,
+            storage=js_api.StorageType.MEMORY,
+            replicas=replicas,
+            description="DiSRouter live nodes (one NodeCard per key)",
+        )
+        try:
+            return await js.create_key_value(config)
+        except APIError:
+            if replicas > 1:
+                continue  # e.g. fewer than 3 JetStream servers in the cluster
+            break
+        except Exception:
+            break
+    # another node created it between our calls
+    return await js.key_value(bucket)
 
 
 async def registry_ttl(kv: KeyValue, fallback: float = DEFAULT_REGISTRY_TTL_S) -> float:
@@ -122,6 +140,9 @@ class Membership:
         self._ttl = ttl
         self._seen: dict[str, tuple[NodeCard, float]] = {}
         self._watcher: Any = None
+        self._watch_task: asyncio.Task | None = None
+        self._revisions: dict[str, int] = {}  # key -> last revision the watcher delivered
+        self._put_revision = 0  # revision of this node's last heartbeat
         self._tasks: list[asyncio.Task] = []
         self._on_change = on_change
         self.card: NodeCard | None = None
@@ -133,19 +154,31 @@ class Membership:
 
     async def start(self, card: NodeCard | None = None) -> None:
         """Watch the registry; if a card is given, register it and keep it alive."""
-        self._watcher = await self._kv.watchall()
-        self._tasks.append(asyncio.create_task(self._watch(), name="registry-watch"))
+        await self._retrying(self._start_watching)
         await asyncio.wait_for(self.synced.wait(), timeout=10)
         if card is not None:
             self.card = card
-            await self.publish()
+            await self._retrying(self.publish)
             self._tasks.append(asyncio.create_task(self._heartbeat(), name="registry-heartbeat"))
+
+    @staticmethod
+    async def _retrying(step: Callable[[], Any]) -> None:
+        """Run ``step``, retrying for up to START_RETRY_S while JetStream times out or is unavailable."""
+        deadline = time.monotonic() + START_RETRY_S
+        while True:
+            try:
+                return await step()
+            except (NatsTimeoutError, ServiceUnavailableError, NoStreamResponseError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("registry_unavailable_retrying", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(0.5)
 
     async def publish(self) -> None:
         if self.card is None:
             return
         self.card.heartbeat_at = time.time()
-        await self._kv.put(_card_key(self.card.node_id), self.card.model_dump_json().encode())
+        self._put_revision = await self._kv.put(_card_key(self.card.node_id), self.card.model_dump_json().encode())
 
     async def leave(self) -> None:
         """Stop heartbeating and delete this node's card so peers stop forwarding to it."""
@@ -162,11 +195,7 @@ class Membership:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:
-                pass
+        await self._stop_watching()
 
     def live(self) -> list[NodeCard]:
         """Cards heard from within the TTL, cheapest first."""
@@ -178,17 +207,69 @@ class Membership:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
+                previous = self._put_revision
                 await self.publish()
+                await self._heal_watcher(previous)
             except asyncio.CancelledError:
                 raise
+            except (NoStreamResponseError, BucketNotFoundError, NotFoundError) as exc:
+                # The bucket is gone (e.g. a restarted nats-server whose memory store was lost): recreate it.
+                log.warning("registry_lost", error=str(exc) or type(exc).__name__)
+                try:
+                    await self._reopen()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as again:  # NATS still recovering: try at the next heartbeat
+                    log.warning("registry_reopen_failed", error=str(again) or type(again).__name__)
             except Exception as exc:  # NATS reconnecting: keep trying, the TTL is the judge
                 log.warning("registry_heartbeat_failed", error=str(exc))
 
-    async def _watch(self) -> None:
-        async for entry in self._watcher:
+    async def _heal_watcher(self, previous: int) -> None:
+        """Restart the watcher if it did not deliver this node's previous heartbeat (one interval
+        ago): after a NATS restart or failover its consumer can be gone, and peers would expire."""
+        if self.card is None or not previous:
+            return
+        if self._revisions.get(_card_key(self.card.node_id)) not in (previous, self._put_revision):
+            log.warning("registry_watch_restarted", missed_revision=previous)
+            await self._stop_watching()
+            await self._start_watching()
+
+    async def _reopen(self) -> None:
+        """Recreate the registry bucket with its settings, then watch it afresh and re-register."""
+        nc, bucket = self._kv._js._nc, self._kv._name
+        try:  # in a cluster the bucket may only be electing a new leader: do not recreate it then
+            self._kv = await nc.jetstream(timeout=max(self.heartbeat_interval, 1.0)).key_value(bucket)
+        except BucketNotFoundError:
+            self._kv = await _create_registry(nc, bucket, self._ttl)
+        await self._stop_watching()
+        self._revisions.clear()
+        self._put_revision = 0
+        await self._start_watching()
+        await self.publish()
+        log.info("registry_reopened")
+
+    async def _start_watching(self) -> None:
+        self._watcher = await self._kv.watchall()
+        self._watch_task = asyncio.create_task(self._watch(self._watcher), name="registry-watch")
+
+    async def _stop_watching(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # its consumer may be gone with the server
+                pass
+            self._watcher = None
+
+    async def _watch(self, watcher: Any) -> None:
+        async for entry in watcher:
             if entry is None:
                 self.synced.set()
                 continue
+            self._revisions[entry.key] = entry.revision
             if entry.operation in (KV_DEL, KV_PURGE):
                 self._seen.pop(entry.key, None)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -61,11 +62,21 @@ class NatsServer:
         host: str = "127.0.0.1",
         config: str | Path | None = None,
         env: dict[str, str] | None = None,
+        *,
+        name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
     ) -> None:
         self.host = host
         self.config = config
         self.env = env
         self.port = port or free_port(host)
+        # Clustering (routes between servers; clustered JetStream needs a server and cluster name).
+        self.name = name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port or (free_port(host) if cluster_name else None)
+        self.routes = list(routes or [])
         self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="disrouter-nats-")
         self.store_dir = Path(store_dir) if store_dir else Path(self._tmp.name)
         self.process: subprocess.Popen | None = None
@@ -75,9 +86,28 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def route_url(self) -> str | None:
+        """Where other servers of the cluster connect to this one (None when not clustered)."""
+        return f"nats://{self.host}:{self.cluster_port}" if self.cluster_port else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _extra_args(self) -> list[str]:
+        extra = ["-c", str(self.config)] if self.config else []
+        if self.name:
+            extra += ["-n", self.name]
+        if self.cluster_name:
+            extra += ["--cluster_name", self.cluster_name, "--cluster", str(self.route_url)]
+            if self.routes:
+                extra += ["--routes", ",".join(self.routes)]
+        return extra
+
     def start(self, timeout: float = 15.0) -> "NatsServer":
         ensure_port_free(self.host, self.port)
-        command = server_command(self.host, self.port, self.store_dir, ["-c", str(self.config)] if self.config else None)
+        command = server_command(self.host, self.port, self.store_dir, self._extra_args())
         env = {**os.environ, **self.env} if self.env else None
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         ready = threading.Event()
@@ -98,19 +128,80 @@ class NatsServer:
             if "Server is ready" in line:
                 ready.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def halt(self, timeout: float = 10.0, *, kill: bool = False) -> None:
+        """End the server process (SIGTERM, or SIGKILL with ``kill``) but keep its store dir, so
+        ``start()`` brings it back on the same port with the same JetStream state."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if kill:
+                self.process.send_signal(signal.SIGKILL)
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def restart(self, downtime: float = 0.0, timeout: float = 15.0, *, kill: bool = False) -> "NatsServer":
+        """Stop the server, stay down ``downtime`` seconds, and start it again (same port and store)."""
+        self.halt(kill=kill)
+        time.sleep(downtime)
+        return self.start(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.halt(timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
     def __enter__(self) -> "NatsServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsCluster:
+    """``size`` nats-servers on loopback joined by routes into one JetStream cluster.
+
+    ``with NatsCluster(3) as cluster: cluster.urls`` (a comma-separated server list for ``--nats``);
+    ``cluster.servers[i].halt(kill=True)`` kills one, ``.start()`` brings it back.
+    """
+
+    def __init__(self, size: int = 3, host: str = "127.0.0.1", name: str = "disrouter") -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="disrouter-nats-cluster-")
+        cluster_ports = [free_port(host) for _ in range(size)]
+        self.servers = [
+            NatsServer(
+                store_dir=Path(self._tmp.name) / f"s{i}",
+                host=host,
+                name=f"{name}-{i}",
+                cluster_name=name,
+                cluster_port=port,
+                routes=[f"nats://{host}:{other}" for other in cluster_ports if other != port],
+            )
+            for i, port in enumerate(cluster_ports)
+        ]
+
+    @property
+    def urls(self) -> str:
+        return ",".join(server.url for server in self.servers)
+
+    def start(self, timeout: float = 30.0) -> "NatsCluster":
+        try:
+            for server in self.servers:
+                server.start(timeout)
+        except NatsServerError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "NatsCluster":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -41,6 +41,7 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"  # payload or prompt exceeds the node's limits
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the query's deadline passed before an answer
     INTERNAL = "internal"  # the model backend failed on this query
+    OVERLOADED = "overloaded"  # every node that could take the query is at its in-flight limit
 
 
 class ProtocolError(Exception):
@@ -60,13 +61,23 @@ class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
     content: str
 
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("content is not valid Unicode (a lone surrogate)") from None
+        return value
+
 
 class Hop(_Strict):
     """One node's handling of a query, appended in path order."""
 
     node_id: str = Field(max_length=256)
     model: str = Field(max_length=512)
-    decision: Literal["answer", "reject", "forced"]
+    # overflow: the node was at its in-flight limit and passed the query on without deciding
+    decision: Literal["answer", "reject", "forced", "overflow"]
     reject_prob: float | None = Field(default=None, ge=0.0, le=1.0)
     ms: float = Field(ge=0.0)
     decide_ms: float | None = Field(default=None, ge=0.0)  # time spent deciding to answer or reject
@@ -87,6 +98,7 @@ class Query(_Strict):
     max_hops: int = Field(default=DEFAULT_MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT)
     deadline: float | None = Field(default=None, description="Unix time (s) after which to give up")
     stream: bool = False  # send Chunk messages to the reply subject before the final Answer
+    progress: bool = False  # send Progress heartbeats to the reply subject while a node holds the query
     # Routing state: set by nodes, ignored when a client sends them to the ingress subject.
     path: list[Hop] = Field(default_factory=list, max_length=MAX_HOPS_LIMIT)
     reply_to: str | None = Field(default=None, max_length=512)
@@ -144,6 +156,23 @@ class Chunk(_Strict):
     chunk: str
     seq: int
     node_id: str
+
+
+class Progress(_Strict):
+    """Heartbeat from the node holding a query (only when the query asked with ``progress: true``).
+
+    Sent to the client's reply subject once when a node takes the query, then every ``every``
+    seconds until that node hands the query on or sends the final Answer/Error. ``hops`` is the
+    number of nodes before this one on the path. A client that hears nothing (no Progress, Chunk,
+    Answer or Error) for a few periods knows the holder died and re-sends the same query id.
+    """
+
+    v: int = PROTOCOL_VERSION
+    id: str
+    progress: Literal[True] = True
+    node_id: str
+    hops: int = 0
+    every: float = 1.0
 
 
 class ErrorDetail(_Strict):
@@ -229,14 +258,14 @@ def decode_query(payload: bytes, *, from_client: bool) -> Query:
     return query
 
 
-def decode_reply(payload: bytes) -> Answer | Error | Chunk:
-    """Parse a message a node sent to a client: an Answer, an Error, or a streamed Chunk."""
+def decode_reply(payload: bytes) -> Answer | Error | Chunk | Progress:
+    """Parse a message a node sent to a client: an Answer, an Error, a streamed Chunk or a Progress heartbeat."""
     data, _ = decode_map(payload)
-    if "error" in data:
-        return Error.model_validate(data)
-    if "chunk" in data:
-        return Chunk.model_validate(data)
-    return Answer.model_validate(data)
+    kind = Error if "error" in data else Progress if "progress" in data else Chunk if "chunk" in data else Answer
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, _describe(exc)) from None
 
 
 def query_id_of(payload: bytes) -> str | None:
@@ -246,4 +275,10 @@ def query_id_of(payload: bytes) -> str | None:
     except ProtocolError:
         return None
     qid = data.get("id")
-    return qid if isinstance(qid, str) and 0 < len(qid) <= 128 else None
+    if not (isinstance(qid, str) and 0 < len(qid) <= 128):
+        return None
+    try:
+        qid.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # an id no reply could carry
+    return qid

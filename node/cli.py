@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default: no key)")
     p.add_argument("--registry-ttl", type=float, default=DEFAULT_REGISTRY_TTL_S, help="seconds before a silent node is dropped")
     p.add_argument("--handoff-timeout", type=float, default=2.0, help="seconds to wait for a peer to confirm a hand-off")
+    p.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
+                   help="seconds between Progress heartbeats to clients that ask for them (default 1)")
+    p.add_argument("--max-in-flight", type=int, default=64, metavar="N",
+                   help="queries held at once; beyond it hand-offs are refused and new requests go to a replica or "
+                        "stronger tier, else get an `overloaded` Error (default 64)")
     add_log_options(p)
     return p
 
@@ -122,8 +127,11 @@ async def serve(args: argparse.Namespace) -> int:
     subjects = Subjects(prefix)
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
     options = backend_options(args)
+    if args.heartbeat <= 0:
+        raise ConfigError("--heartbeat must be a positive number of seconds")
+    if args.max_in_flight < 1:
+        raise ConfigError("--max-in-flight must be at least 1")
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
-    log.info("nats_connected", server=nc.server, node_id=card.node_id)
     try:
         model_folder = source.folder if source and source.gguf_file is None else None
         policy = make_policy(card.policy, load_calibration(args.calibration, model_folder))
@@ -132,10 +140,16 @@ async def serve(args: argparse.Namespace) -> int:
         if missing:
             await backend.close()
             raise ConfigError(f"policy {policy.name} needs a backend that can {', '.join(sorted(missing))}; {args.backend} cannot")
+        log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line
         card.context_length = backend.context_length
         card.capabilities = sorted(backend.capabilities)
         routing = PeerListRouting(subjects, args.peers.split(",")) if args.peers else CascadeRouting(subjects)
-        settings = NodeSettings(handoff_timeout_s=args.handoff_timeout, registry_ttl_s=args.registry_ttl)
+        settings = NodeSettings(
+            handoff_timeout_s=args.handoff_timeout,
+            registry_ttl_s=args.registry_ttl,
+            heartbeat_s=args.heartbeat,
+            max_in_flight=args.max_in_flight,
+        )
         node = Node(nc, card, backend, policy, routing, subjects, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

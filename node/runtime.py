@@ -5,6 +5,17 @@ group shared by replicas) and ``<prefix>.node.<id>``. A message on the ingress s
 client request, answered on its NATS reply subject; routing fields in it are ignored. A message on
 a model or node subject that carries ``reply_to`` is a hand-off: the node confirms it at once on
 the NATS reply subject, then publishes the final Answer or Error to ``reply_to``.
+
+Progress heartbeats: while a node holds a query that asked for them (``progress: true``, which
+``MeshClient`` sets), it publishes a Progress message to ``reply_to`` at once and then every
+``heartbeat_s`` seconds, until it hands the query on (the receiver takes over) or sends the final
+Answer/Error. A client that hears nothing for a few periods knows the holder died and re-sends.
+Plain request/reply clients do not ask for them, so their first reply is the Answer or Error.
+
+Backpressure: a node holds at most ``max_in_flight`` queries (deciding, generating or waiting for a
+hand-off to be confirmed). Beyond that it refuses hand-offs (``-NAK``, so the sender tries its
+next target), and passes a new client request to a live replica or a stronger tier (a Hop with
+decision ``overflow``), or, when none takes it, replies an Error ``overloaded``: never a silent drop.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from disrouter.mesh.protocol import (
     Error,
     ErrorCode,
     Hop,
+    Progress,
     ProtocolError,
     Query,
     decode_query,
@@ -38,7 +50,7 @@ from disrouter.mesh.subjects import Subjects
 
 from .backends import Backend, Generation, PromptTooLongError
 from .policies import Policy, answer_forced
-from .routing import Routing
+from .routing import Routing, Target
 
 log = structlog.get_logger("disrouter.node")
 
@@ -52,6 +64,9 @@ class NodeSettings:
     default_timeout_s: float = 120.0  # deadline for queries that arrive without one
     drain_timeout_s: float = 60.0  # how long SIGTERM waits for in-flight queries
     registry_ttl_s: float = DEFAULT_REGISTRY_TTL_S
+    heartbeat_s: float = 1.0  # period of Progress heartbeats to clients that ask for them
+    max_in_flight: int = 64  # queries held at once; beyond it: -NAK hand-offs, overflow or `overloaded`
+    max_overflow: int = 256  # requests being passed on at once while full; beyond it: `overloaded` at once
 
 
 @dataclass
@@ -87,6 +102,8 @@ class NodeStats:
     answered: int = 0
     forwarded: int = 0
     errors: int = 0
+    overflowed: int = 0  # client requests that arrived while the node was full
+    refused: int = 0  # hand-offs refused (-NAK) because the node was full
     by_decision: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +131,9 @@ class Node:
         self.membership: Membership | None = None
         self._subscriptions: list = []
         self._inflight: set[asyncio.Task] = set()
+        self._held: dict[int, Query] = {}  # queries this node is responsible for, by id(query)
+        self._overflowing = 0  # client requests being passed on because the node is full
+        self._heartbeats: asyncio.Task | None = None
         self._draining = False
         self._log = log.bind(node_id=card.node_id, model=card.model_key)
 
@@ -132,6 +152,7 @@ class Node:
                 await self.nc.subscribe(self.subjects.ingress, queue=self.subjects.ingress_queue, cb=self._on_ingress)
             )
         await self.nc.flush()
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop())
         self._log.info("node_started", subjects=[s.subject for s in self._subscriptions], cost=self.card.cost)
 
     async def stop(self) -> None:
@@ -147,6 +168,9 @@ class Node:
         if self._inflight:
             self._log.info("draining", inflight=len(self._inflight))
             await asyncio.wait(set(self._inflight), timeout=self.settings.drain_timeout_s)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
         if self.membership is not None:
             await self.membership.stop()
         await self.backend.close()
@@ -155,6 +179,11 @@ class Node:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def held(self) -> int:
+        """Queries this node holds now (bounded by ``max_in_flight``)."""
+        return len(self._held)
 
     # --- message intake -------------------------------------------------------------------
 
@@ -167,12 +196,38 @@ class Node:
     def _spawn(self, coro) -> None:  # noqa: ANN001
         task = asyncio.create_task(coro)
         self._inflight.add(task)
-        self.card.load = len(self._inflight)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
-        self.card.load = len(self._inflight)
+
+    # --- holding queries: the in-flight bound and progress heartbeats -------------------------
+
+    def _hold(self, query: Query) -> None:
+        self._held[id(query)] = query
+        self.card.load = len(self._held)
+
+    def _release(self, query: Query) -> None:
+        """This node no longer answers for the query (answered, failed, or handed on): stop its heartbeats."""
+        if self._held.pop(id(query), None) is not None:
+            self.card.load = len(self._held)
+
+    async def _progress(self, query: Query) -> None:
+        if not query.progress or query.reply_to is None:
+            return
+        beat = Progress(id=query.id, node_id=self.card.node_id, hops=len(query.path), every=self.settings.heartbeat_s)
+        try:
+            await self.nc.publish(query.reply_to, encode(beat, query.wire))
+        except Exception as exc:  # reconnecting: the next beat may get through
+            self._log.debug("progress_failed", error=str(exc))
+
+    async def _heartbeat_loop(self) -> None:
+        """One timer for all held queries: a Progress to each that asked for them, every heartbeat_s."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            for query in list(self._held.values()):
+                if id(query) in self._held:
+                    await self._progress(query)
 
     async def _handle(self, msg: Msg, from_client: bool) -> None:
         structlog.contextvars.bind_contextvars(node_id=self.card.node_id)
@@ -182,6 +237,7 @@ class Node:
             await self._reject_malformed(msg, exc)
             return
         structlog.contextvars.bind_contextvars(query_id=query.id)
+        handoff = query.reply_to is not None and bool(msg.reply)  # confirm it (+ACK) or refuse it (-NAK)
         if query.reply_to is None:  # a client request (ingress, or straight to a tier)
             if not msg.reply:
                 self._log.warning("query_without_reply_subject", query_id=query.id)
@@ -189,17 +245,64 @@ class Node:
             query.reply_to = msg.reply
             if not from_client:
                 query.wire = wire_format_of(msg.data)
-        elif msg.reply:  # a hand-off: confirm it, or refuse while draining
-            await self._respond(msg, HANDOFF_REFUSED if self._draining else HANDOFF_ACCEPTED)
-            if self._draining:
-                return
+        if handoff and self._draining:
+            await self._respond(msg, HANDOFF_REFUSED)
+            return
+        full = len(self._held) >= self.settings.max_in_flight
+        if full and handoff:  # the sender tries its next target
+            self.stats.refused += 1
+            self._log.info("handoff_refused_full", held=len(self._held))
+            await self._respond(msg, HANDOFF_REFUSED)
+            return
         if query.deadline is None:
             query.deadline = time.time() + self.settings.default_timeout_s
+        if full:
+            await self._overflow(query)
+            return
+        self._hold(query)  # no await since the check above: the bound is exact
         try:
+            if handoff:
+                await self._respond(msg, HANDOFF_ACCEPTED)
+            await self._progress(query)
             await self._route(query)
         except Exception as exc:  # a node never dies of one query
             self._log.exception("query_failed", query_id=query.id)
             await self._send(query, Error.of(ErrorCode.INTERNAL, f"node {self.card.node_id} failed: {exc}", query.id, query.path))
+        finally:
+            self._release(query)
+
+    async def _overflow(self, query: Query) -> None:
+        """A client request arrived while the node is full: a replica or stronger tier takes it, or `overloaded`."""
+        self.stats.overflowed += 1
+        if self._overflowing >= self.settings.max_overflow:  # passing queries on is bounded too
+            await self._send(query, self._overloaded(query))
+            return
+        self._overflowing += 1
+        try:
+            started = time.perf_counter()
+            targets = [] if len(query.path) + 1 >= query.max_hops else self._overflow_targets(query)
+            hop = self._hop("overflow", None, started, None)
+            if targets and await self._hand_off(query, hop, targets):
+                return
+            await self._send(query, self._overloaded(query))
+        finally:
+            self._overflowing -= 1
+
+    def _overflow_targets(self, query: Query) -> list[Target]:
+        """Other live replicas of this model (least loaded first), then the stronger tiers."""
+        live = self.membership.live() if self.membership else []
+        replicas = sorted(
+            (c for c in live if c.model_key == self.card.model_key and c.node_id != self.card.node_id), key=lambda c: c.load
+        )
+        return [Target(c.model_key, self.subjects.node(c.node_id)) for c in replicas] + self.routing.targets(query, self.card, live)
+
+    def _overloaded(self, query: Query) -> Error:
+        return Error.of(
+            ErrorCode.OVERLOADED,
+            f"node {self.card.node_id} holds its limit of {self.settings.max_in_flight} queries and no replica or stronger peer took the query",
+            query.id,
+            query.path,
+        )
 
     async def _reject_malformed(self, msg: Msg, exc: ProtocolError) -> None:
         self.stats.errors += 1
@@ -298,6 +401,7 @@ class Node:
                 self._log.warning("peer_denied", target=target.model_key, error=str(exc))
                 continue
             if reply.data == HANDOFF_ACCEPTED:
+                self._release(query)  # the receiver holds it now and sends the heartbeats
                 self.stats.forwarded += 1
                 self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
                 return True
@@ -305,6 +409,7 @@ class Node:
         return False
 
     async def _send(self, query: Query, message: Answer | Error) -> None:
+        self._release(query)  # no heartbeat after the final message
         if isinstance(message, Error):
             self.stats.errors += 1
             self._log.info("error_reply", code=message.error.code.value, reason=message.error.message)
