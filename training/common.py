@@ -229,3 +229,20 @@ def progress_bar(stage: str, enabled: bool = True) -> Progress:
         console=Console(stderr=True),
         disable=not enabled,
     )
+
+
+def trainer_settings(out_dir: Path, seed: int, progress: bool) -> dict[str, Any]:
+    """TrainingArguments both stages share: seeds, precision, device, logging every step, no checkpoints."""
+    return {
+        "output_dir": str(out_dir / "trainer"),
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": mixed_bf16(),
+        "gradient_checkpointing": use_cuda(),  # saves GPU memory on big models; only slows small CPU runs
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "use_cpu": not use_cuda(),
+        "dataloader_num_workers": 0,
+    }

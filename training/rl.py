@@ -27,13 +27,12 @@ from .common import (
     finished_model,
     load_model_and_tokenizer,
     lora_config,
-    mixed_bf16,
     model_folder,
     quiet_libraries,
     resume_key,
     run_summary,
     save_model,
-    use_cuda,
+    trainer_settings,
 )
 from .graders import grade
 from .probe import ProbeRecord
@@ -166,7 +165,7 @@ def train_rl(config: RLStageConfig, records: list[ProbeRecord], model: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     network, tokenizer = load_model_and_tokenizer(base)
     args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"),
+        **trainer_settings(out_dir, config.seed, progress),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         num_generations=config.num_generations,
@@ -174,16 +173,6 @@ def train_rl(config: RLStageConfig, records: list[ProbeRecord], model: str | Pat
         temperature=config.temperature,
         learning_rate=config.learning_rate,
         beta=config.beta,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=mixed_bf16(),
-        gradient_checkpointing=use_cuda(),
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not progress,
-        use_cpu=not use_cuda(),
-        dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(
         model=network,

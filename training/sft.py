@@ -27,13 +27,12 @@ from .common import (
     finished_model,
     load_model_and_tokenizer,
     lora_config,
-    mixed_bf16,
     model_folder,
     quiet_libraries,
     resume_key,
     run_summary,
     save_model,
-    use_cuda,
+    trainer_settings,
 )
 from .probe import ProbeRecord
 
@@ -165,7 +164,7 @@ def train_sft(config: SFTStageConfig, records: list[ProbeRecord], model: str | P
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     network, tokenizer = load_model_and_tokenizer(base)
     args = SFTConfig(
-        output_dir=str(out_dir / "trainer"),
+        **trainer_settings(out_dir, config.seed, progress),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -173,16 +172,6 @@ def train_sft(config: SFTStageConfig, records: list[ProbeRecord], model: str | P
         learning_rate=config.learning_rate,
         max_length=config.max_length,
         completion_only_loss=True,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=mixed_bf16(),
-        gradient_checkpointing=use_cuda(),  # saves GPU memory on big models; only slows small CPU runs
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not progress,
-        use_cpu=not use_cuda(),
-        dataloader_num_workers=0,
     )
     trainer = SFTTrainer(
         model=network,
