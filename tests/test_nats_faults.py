@@ -54,7 +54,7 @@ async def test_the_registry_comes_back_after_a_restart_that_lost_it(tmp_path: Pa
     membership = Membership(await open_registry(nc, subjects, ttl=2.0), ttl=2.0)
     try:
         await membership.start(NodeCard(node_id="a", model_key="a", model="a", cost=0.1))
-        assert [c.node_id for c in membership.live()] == ["a"]
+        await wait_until(lambda: [c.node_id for c in membership.live()] == ["a"], 10, "the watcher to see its own card")
 
         await asyncio.to_thread(server.restart, 0.5, kill=True)
         restarted = time.monotonic()
