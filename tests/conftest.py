@@ -83,12 +83,14 @@ def scripted_models(tmp_path_factory: pytest.TempPathFactory, smollm2_folder: Pa
     }
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> float:
+    """Seconds it took until ``predicate()`` held; AssertionError after ``timeout``."""
+    started = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 @dataclass

@@ -7,9 +7,7 @@ The instant backend answers ``ok`` at once, or the reject phrase when the prompt
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from disrouter.mesh.client import MeshClient
@@ -38,16 +36,6 @@ class SlowInstantBackend(InstantBackend):
         if "#slow" in text:
             await asyncio.sleep(SLOW_S)
         return await super().generate(request, on_text)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds it took until ``predicate()`` held; AssertionError after ``timeout``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 @dataclass

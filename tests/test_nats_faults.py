@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from instant_nodes import InstantMesh, start_cli_node, stop_process, wait_until
+from conftest import wait_for
+from instant_nodes import InstantMesh, start_cli_node, stop_process
 
 from disrouter.mesh.connection import connect
 from disrouter.mesh.membership import Membership, NodeCard, list_cards, open_registry
@@ -54,7 +55,7 @@ async def test_the_registry_comes_back_after_a_restart_that_lost_it(tmp_path: Pa
     membership = Membership(await open_registry(nc, subjects, ttl=2.0), ttl=2.0)
     try:
         await membership.start(NodeCard(node_id="a", model_key="a", model="a", cost=0.1))
-        await wait_until(lambda: [c.node_id for c in membership.live()] == ["a"], 10, "the watcher to see its own card")
+        await wait_for(lambda: [c.node_id for c in membership.live()] == ["a"], 10, "the watcher to see its own card")
 
         await asyncio.to_thread(server.restart, 0.5, kill=True)
         restarted = time.monotonic()
@@ -65,7 +66,7 @@ async def test_the_registry_comes_back_after_a_restart_that_lost_it(tmp_path: Pa
         kv = await open_registry(other, subjects, ttl=2.0)
         peer = Membership(kv, ttl=2.0)
         await peer.start(NodeCard(node_id="b", model_key="b", model="b", cost=0.2))
-        seen = await wait_until(lambda: {"a", "b"} <= {c.node_id for c in membership.live()}, 10, "the watcher to see a new card")
+        seen = await wait_for(lambda: {"a", "b"} <= {c.node_id for c in membership.live()}, 10, "the watcher to see a new card")
 
         assert [c.node_id for c in await list_cards(kv)] == ["a", "b"]
         report("registry-heal", seconds_to_card_back_in_registry=round(back, 2), seconds_to_see_a_new_peer=round(seen, 2))
@@ -91,10 +92,10 @@ async def test_a_watcher_that_died_with_the_server_is_restarted(tmp_path: Path) 
         await asyncio.to_thread(server.restart, 0.2, kill=True)
         other = await connect(server.url)
         kv = await open_registry(other, subjects, ttl=8.0)  # recreated before the node's next heartbeat
-        await wait_until(lambda: nc.is_connected, 10, "the node to reconnect")
+        await wait_for(lambda: nc.is_connected, 10, "the node to reconnect")
         peer = Membership(kv, ttl=8.0)
         await peer.start(NodeCard(node_id="b", model_key="b", model="b", cost=0.2))
-        seen = await wait_until(lambda: "b" in {c.node_id for c in membership.live()}, 6, "the node to see a peer that joined after the restart")
+        seen = await wait_for(lambda: "b" in {c.node_id for c in membership.live()}, 6, "the node to see a peer that joined after the restart")
         report("watcher-heal", seconds_to_see_a_new_peer=round(seen, 2), heartbeat_s=membership.heartbeat_interval)
         await peer.stop()
     finally:
@@ -116,8 +117,8 @@ async def test_nodes_and_queries_survive_a_nats_server_restart(tmp_path: Path, k
         large = await mesh.add("large", 0.9, policy="always")
         # A `disrouter-node` process too: a replica of the large tier.
         proc = await start_cli_node(server.url, mesh.prefix, "large", 0.9, "large-cli", "--policy", "always")
-        await wait_until(mesh.all_see_each_other, 10, "nodes to see each other")
-        await wait_until(lambda: "large-cli" in {c.node_id for c in small.membership.live()}, 30, "the node process to join")
+        await wait_for(mesh.all_see_each_other, 10, "nodes to see each other")
+        await wait_for(lambda: "large-cli" in {c.node_id for c in small.membership.live()}, 30, "the node process to join")
         client = await mesh.client()
         before = await client.ask("#reject before", timeout=5)
         assert [hop.model for hop in before.path] == ["small", "large"]
@@ -126,7 +127,7 @@ async def test_nodes_and_queries_survive_a_nats_server_restart(tmp_path: Path, k
         # buffered by the node's NATS client, or lost and the client re-sends the same id; either
         # way exactly one Answer comes back (in_flight_attempts reports which happened).
         across = asyncio.create_task(client.ask("#slow across", timeout=2, retries=4, query_id="across-1"))
-        await wait_until(lambda: "#slow across" in small.backend.prompts, 5, "the slow query to reach the node")
+        await wait_for(lambda: "#slow across" in small.backend.prompts, 5, "the slow query to reach the node")
         down = time.monotonic()
         server.halt(kill=kill)
         during = [asyncio.create_task(client.ask(f"during {i}", timeout=4, retries=3)) for i in range(10)]
@@ -165,7 +166,7 @@ async def test_nodes_and_queries_survive_a_nats_server_restart(tmp_path: Path, k
         await asyncio.sleep(mesh.registry_ttl_s + 0.5)
         assert mesh.all_see_each_other()
         await mesh.add("late", 0.5)
-        joined = await wait_until(mesh.all_see_each_other, 3, "every node to see a node that joined after the restart")
+        joined = await wait_for(mesh.all_see_each_other, 3, "every node to see a node that joined after the restart")
         report(
             f"nats-restart-{'sigkill' if kill else 'sigterm'}",
             downtime_s=round(up - down, 2),
@@ -233,8 +234,8 @@ async def test_a_killed_cluster_server_loses_no_query() -> None:
             large = await mesh.add("large", 0.9, policy="always", dont_randomize=True)
             # A `disrouter-node` process given the whole server list (it picks one at random).
             proc = await start_cli_node(cluster.urls, mesh.prefix, "large", 0.9, "large-cli", "--policy", "always", registry_ttl_s=10.0)
-            await wait_until(mesh.all_see_each_other, 15, "nodes to see each other")
-            await wait_until(lambda: "large-cli" in {c.node_id for c in small.membership.live()}, 30, "the node process to join")
+            await wait_for(mesh.all_see_each_other, 15, "nodes to see each other")
+            await wait_for(lambda: "large-cli" in {c.node_id for c in small.membership.live()}, 30, "the node process to join")
             client = await mesh.client(dont_randomize=True)
             victim = cluster.servers[0]
             assert all(n.nc.connected_url.port == victim.port for n in mesh.nodes) and client.nc.connected_url.port == victim.port
@@ -262,7 +263,7 @@ async def test_a_killed_cluster_server_loses_no_query() -> None:
             reconnected: dict[str, float] = {}
 
             async def killer() -> None:
-                await wait_until(lambda: len(answers) >= kill_at, 30, f"{kill_at} answers")
+                await wait_for(lambda: len(answers) >= kill_at, 30, f"{kill_at} answers")
                 killed_at.append(time.monotonic())
                 victim.halt(kill=True)
                 members = {"client": client.nc, **{n.card.node_id: n.nc for n in mesh.nodes}}
@@ -283,7 +284,7 @@ async def test_a_killed_cluster_server_loses_no_query() -> None:
             assert client.nc.connected_url.port != victim.port
             assert all(n.nc.connected_url.port != victim.port for n in mesh.nodes)
             # After the failover the registry still works: a forwarded query reaches tier 2.
-            await wait_until(mesh.all_see_each_other, 15, "nodes to see each other after the failover")
+            await wait_for(mesh.all_see_each_other, 15, "nodes to see each other after the failover")
             late = [a for qid, a in answers.items() if sent_at[qid] > killed_at[0] and int(qid[1:]) % 2]
             after = await client.ask("#reject after failover", timeout=5)
             assert after.model == "large"
@@ -294,7 +295,7 @@ async def test_a_killed_cluster_server_loses_no_query() -> None:
             # The watchers work after the failover: a node that joins now (its start waits out the
             # cluster's leader elections) is seen by everyone.
             await mesh.add("late", 0.5)
-            await wait_until(mesh.all_see_each_other, 15, "every node to see a node that joined after the failover")
+            await wait_for(mesh.all_see_each_other, 15, "every node to see a node that joined after the failover")
             joined_ok = time.monotonic() - killed_at[0]
             across = [latencies_by_id[qid] for qid in answers if sent_at[qid] <= killed_at[0] < sent_at[qid] + latencies_by_id[qid]]
             report(
