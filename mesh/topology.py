@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .subjects import DEFAULT_PREFIX, subject_token
+from .yamlfile import read_yaml_mapping
 
 
 class TopologyError(Exception):
@@ -82,14 +82,7 @@ class Topology(BaseModel):
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology YAML file; errors name the file and the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TopologyError(f"topology file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{path}: must be a mapping with a 'models' list")
+    raw = read_yaml_mapping(path, "topology file", TopologyError, "must be a mapping with a 'models' list")
     try:
         return Topology.model_validate(raw)
     except ValidationError as exc:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-import yaml
+
+from disrouter.mesh.yamlfile import read_yaml_mapping
 
 from .common import TrainingConfigError
 from .probe import ProbeConfig, load_records, run_probe
@@ -53,14 +53,7 @@ class TrainConfig:
     def load(cls, path: str | Path, out: str | Path | None = None) -> TrainConfig:
         """Read a YAML config; errors name the file and the key."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise TrainingConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise TrainingConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, Mapping):
-            raise TrainingConfigError(f"{path}: expected a mapping of settings")
+        data = read_yaml_mapping(path, "config file", TrainingConfigError, "expected a mapping of settings")
         unknown = sorted(set(data) - _TOP_LEVEL)
         if unknown:
             raise TrainingConfigError(f"{path}: unknown keys {unknown}; known: {', '.join(sorted(_TOP_LEVEL))}")
