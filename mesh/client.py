@@ -152,7 +152,7 @@ class MeshClient:
                 deadline = started + timeout
                 payload = self._payload(question, query_id, timeout, stream=stream, **options)
                 current = f"{inbox}.{sends}"
-                await self._send(payload, current, query_id, timeout, check=sends == 0)
+                await self._send(payload, current, timeout, flush=sends == 0)
                 sends += 1
                 stall_after: float | None = None  # armed by the first Progress of the current send
                 heard = started
@@ -165,7 +165,7 @@ class MeshClient:
                         last_error = f"no answer within {timeout:g}s"
                         break
                     wait = remaining if stall_after is None else min(remaining, heard + stall_after - now)
-                    if isinstance(self.nc, MeshNats):  # a denial can arrive after the first flush: look again
+                    if isinstance(self.nc, MeshNats):  # the server reports denials asynchronously: look each round
                         if denial := self.nc.denial_for(self.subjects.ingress):
                             raise MeshError("forbidden", denial, query_id)
                         wait = min(wait, DENIAL_POLL_S)
@@ -182,7 +182,7 @@ class MeshClient:
                         self.resends += 1
                         current = f"{inbox}.{sends}"
                         sends += 1
-                        await self._send(payload, current, query_id, timeout, check=False)
+                        await self._send(payload, current, timeout, flush=False)
                         stall_after, heard = None, time.monotonic()
                         continue
                     try:
@@ -224,23 +224,15 @@ class MeshClient:
             except Exception:  # connection already closed
                 pass
 
-    async def _send(self, payload: bytes, reply: str, query_id: str, timeout: float, *, check: bool) -> None:
-        if isinstance(self.nc, MeshNats) and (denial := self.nc.denial_for(self.subjects.ingress)):
-            raise MeshError("forbidden", denial, query_id)
+    async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool) -> None:
+        """Publish one send of the query; ``flush`` makes the server report a denial at once
+        (the wait loop raises it as ``forbidden``)."""
         await self.nc.publish(self.subjects.ingress, payload, reply=reply)
-        if check:
-            await self._check_permissions(query_id, timeout)
-
-    async def _check_permissions(self, query_id: str, timeout: float) -> None:
-        """After a flush the server has reported any denied subscribe or publish: raise for those."""
-        if not isinstance(self.nc, MeshNats):
-            return
-        try:
-            await self.nc.flush(timeout=min(timeout, 5.0))
-        except Exception:  # slow or reconnecting: the answer's own timeout decides
-            return
-        if denial := self.nc.denial_for(self.subjects.ingress):
-            raise MeshError("forbidden", denial, query_id)
+        if flush and isinstance(self.nc, MeshNats):
+            try:
+                await self.nc.flush(timeout=min(timeout, 5.0))
+            except Exception:  # slow or reconnecting: the answer's own timeout decides
+                pass
 
     def _payload(self, question: Question, query_id: str, timeout: float, *, stream: bool, **options: Any) -> bytes:
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
