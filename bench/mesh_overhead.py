@@ -16,7 +16,7 @@ from pathlib import Path
 import msgpack
 from nats.aio.client import Client
 
-from disrouter.mesh.processes import NodeProcess, start_node
+from disrouter.local.processes import NodeProcess, start_node
 
 REQUEST_TIMEOUT_S = 30.0
 CASCADE_COSTS = (0.1, 0.5, 0.9)

@@ -21,9 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from disrouter.local.nats_server import NatsServer
+from disrouter.local.processes import NodeProcess, start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.connection import connect
-from disrouter.mesh.nats_server import NatsServer
-from disrouter.mesh.processes import NodeProcess, start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.subjects import Subjects
 
 from . import mesh_overhead, models

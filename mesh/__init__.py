@@ -1,4 +1,4 @@
-"""DiSRouter mesh: wire protocol, subjects, topology, membership, client and embedded NATS."""
+"""DiSRouter mesh library: wire protocol, subjects, connection, client, membership and topology."""
 
 from .client import MeshClient, MeshError, ask
 from .connection import NatsAuth

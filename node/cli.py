@@ -9,7 +9,7 @@ import uuid
 
 import structlog
 
-from disrouter.mesh.cli_common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
+from disrouter.cli.common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
 from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, NodeCard

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from scripted_model import build_scripted_model
 
+from disrouter.local.nats_server import NatsServer
 from disrouter.mesh.client import MeshClient
 from disrouter.mesh.connection import connect
 from disrouter.mesh.membership import NodeCard
-from disrouter.mesh.nats_server import NatsServer
 from disrouter.mesh.subjects import Subjects
 from disrouter.node.backends import load_backend
 from disrouter.node.backends.sources import local_folder, resolve

@@ -126,7 +126,7 @@ async def test_a_taken_port_and_a_bad_topology_field_are_one_line_errors(nats_ur
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 async def test_disrouter_nats_serves_jetstream_in_the_foreground(tmp_path: Path) -> None:
-    from disrouter.mesh.nats_server import free_port
+    from disrouter.local.nats_server import free_port
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

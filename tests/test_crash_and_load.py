@@ -21,10 +21,10 @@ import pytest
 from conftest import REGISTRY_TTL_S, REPLIES, Mesh, wait_for
 from rich.console import Console
 
+from disrouter.local.processes import start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.client import MeshClient, MeshError
 from disrouter.mesh.connection import connect
 from disrouter.mesh.membership import NodeCard
-from disrouter.mesh.processes import start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.protocol import Answer, Chunk, Error, ErrorCode, encode
 from disrouter.mesh.subjects import Subjects
 from disrouter.node.backends import Generation, GenerationRequest, TextSink

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_cli import BIN, run_cli
 
-from disrouter.mesh.nats_server import free_port
+from disrouter.local.nats_server import free_port
 
 pytestmark = pytest.mark.slow
 

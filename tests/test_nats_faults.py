@@ -18,9 +18,9 @@ import pytest
 from conftest import wait_for
 from instant_nodes import InstantMesh, start_cli_node, stop_process
 
+from disrouter.local.nats_server import NatsCluster, NatsServer
 from disrouter.mesh.connection import connect
 from disrouter.mesh.membership import Membership, NodeCard, list_cards, open_registry
-from disrouter.mesh.nats_server import NatsCluster, NatsServer
 from disrouter.mesh.subjects import Subjects
 
 BIN = Path(sys.executable).parent

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from disrouter.local.nats_server import free_port  # noqa: E402
 from disrouter.mesh.client import MeshClient  # noqa: E402
-from disrouter.mesh.nats_server import free_port  # noqa: E402
 from disrouter.mesh.protocol import Answer  # noqa: E402
 from disrouter.node.backends import GenerationRequest, PromptTooLongError, load_backend  # noqa: E402
 from disrouter.node.backends.openai import OpenAIBackend, RemoteBackendError  # noqa: E402

@@ -24,10 +24,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
+from disrouter.local.nats_server import NatsServer
 from disrouter.mesh.client import MeshClient
 from disrouter.mesh.connection import MeshAuthError, MeshPermissionError, NatsAuth, connect, redact
 from disrouter.mesh.membership import list_cards, open_registry
-from disrouter.mesh.nats_server import NatsServer
 from disrouter.mesh.protocol import Answer, decode_query, encode
 from disrouter.mesh.subjects import Subjects
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from disrouter.mesh.cli_common import fail
+from disrouter.cli.common import fail
 from disrouter.node.backends import ModelNotFoundError
 
 from .common import TrainingConfigError

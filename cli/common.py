@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from .connection import NatsAuth, default_nats_url
+from disrouter.mesh.connection import NatsAuth, default_nats_url
 
 
 class OneLineParser(argparse.ArgumentParser):

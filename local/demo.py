@@ -13,13 +13,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from disrouter.mesh.client import MeshClient, MeshError
+from disrouter.mesh.protocol import Answer
+from disrouter.mesh.topology import Topology, load_topology
 from disrouter.topologies import topology_path
 
-from .client import MeshClient, MeshError
 from .nats_server import NatsServer
 from .processes import NodeProcess, start_node, stop_nodes, wait_until_registered
-from .protocol import Answer
-from .topology import Topology, load_topology
 
 QUESTIONS = [
     "What is the capital of France?",

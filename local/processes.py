@@ -16,9 +16,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .connection import connect
-from .membership import list_cards, open_registry
-from .subjects import Subjects
+from disrouter.mesh.connection import connect
+from disrouter.mesh.membership import list_cards, open_registry
+from disrouter.mesh.subjects import Subjects
 
 READY_TIMEOUT_S = 600.0
 

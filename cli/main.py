@@ -11,17 +11,18 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
-from .client import MeshClient, MeshError
-from .connection import MeshConnectionError, connect
-from .demo import run_demo
-from .logs import configure_logging
-from .membership import list_cards, open_registry
-from .nats_server import NatsServerError, ensure_port_free, server_command
-from .processes import NodeStartError
-from .protocol import Answer
-from .subjects import DEFAULT_PREFIX, Subjects
-from .topology import TopologyError
+from disrouter.local.demo import run_demo
+from disrouter.local.nats_server import NatsServerError, ensure_port_free, server_command
+from disrouter.local.processes import NodeStartError
+from disrouter.mesh.client import MeshClient, MeshError
+from disrouter.mesh.connection import MeshConnectionError, connect
+from disrouter.mesh.logs import configure_logging
+from disrouter.mesh.membership import list_cards, open_registry
+from disrouter.mesh.protocol import Answer
+from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects
+from disrouter.mesh.topology import TopologyError
+
+from .common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
 
 PROG = "disrouter"
 

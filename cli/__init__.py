@@ -1,0 +1,1 @@
+"""DiSRouter command line: the `disrouter` command and the plumbing its subcommands share."""

@@ -1,0 +1,1 @@
+"""DiSRouter local tooling: an embedded NATS server, node process launching and the demo."""
