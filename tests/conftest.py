@@ -25,6 +25,8 @@ from disrouter.node.policies import make_policy
 from disrouter.node.routing import CascadeRouting, PeerListRouting
 from disrouter.node.runtime import Node, NodeSettings
 
+pytest_plugins = ["skip_allowlist"]  # --strict-skips: fail on skips not in allowed_skips.yaml
+
 REGISTRY_TTL_S = 2.0
 
 REPLIES = {
