@@ -15,10 +15,9 @@ from typing import Any, Literal, Union
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROTOCOL_VERSION = 1
+from .objective import ScenarioName, parse_scenario, scenario_alpha
 
-SCENARIO_ALPHAS: dict[str, float] = {"performance": 0.2, "balance": 0.5, "cost": 0.8}
-"""Named scenarios and their alpha (weight of cost against accuracy), as in the paper."""
+PROTOCOL_VERSION = 1
 
 MAX_PAYLOAD_BYTES = 1_000_000
 MAX_PROMPT_CHARS = 100_000
@@ -91,7 +90,7 @@ class Query(_Strict):
     v: int = PROTOCOL_VERSION
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    scenario: Union[Literal["performance", "balance", "cost"], float] = "balance"
+    scenario: Union[ScenarioName, float] = "balance"
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -115,9 +114,7 @@ class Query(_Strict):
     @field_validator("scenario")
     @classmethod
     def _alpha_in_range(cls, value: Any) -> Any:
-        if isinstance(value, float) and not 0.0 <= value <= 1.0:
-            raise ValueError("alpha must be within [0, 1]")
-        return value
+        return parse_scenario(value)
 
     @model_validator(mode="after")
     def _prompt_size(self) -> "Query":
@@ -128,7 +125,7 @@ class Query(_Strict):
     @property
     def alpha(self) -> float:
         """The scenario as a number: weight of cost against accuracy."""
-        return self.scenario if isinstance(self.scenario, float) else SCENARIO_ALPHAS[self.scenario]
+        return scenario_alpha(self.scenario)
 
     def visited_models(self) -> set[str]:
         return {hop.model for hop in self.path}

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 
-REJECT_PHRASE = "I don't know!"
+from disrouter.mesh.objective import answer_pays_threshold, scenario_title
 
-_SCENARIO_NAMES = {0.2: "Performance First", 0.5: "Balance", 0.8: "Cost First"}
+REJECT_PHRASE = "I don't know!"
 
 
 def scenario_instruction(alpha: float) -> str:
     """System instruction telling the model the scenario and when to answer with the reject phrase.
 
-    The required confidence is (1 - alpha) ** 0.5, the break-even point of the paper's reward.
+    The required confidence is where answering starts to pay under the paper's reward.
     """
-    name = _SCENARIO_NAMES.get(round(alpha, 2), f"alpha={alpha:.2f}")
-    confidence = round(100 * (1.0 - alpha) ** 0.5)
+    name = scenario_title(alpha)
+    confidence = round(100 * answer_pays_threshold(alpha))
     return (
         f"Scenario: {name}. Answer only if you are at least {confidence}% sure your answer is correct. "
         f"Otherwise reply with exactly \"{REJECT_PHRASE}\" and nothing else; a stronger model will answer. "

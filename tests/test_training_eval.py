@@ -14,7 +14,8 @@ from disrouter.node.calibration import CALIBRATION_FILENAME, load_calibration
 from disrouter.node.prompts import REJECT_PHRASE
 from disrouter.training.calibrate import calibrate, candidate_thresholds, choose_thresholds, write_calibration
 from disrouter.training.common import TrainingConfigError
-from disrouter.training.evaluate import EvalRow, EvalStageConfig, ModelEval, alpha_metrics, evaluate_model, should_reject
+from disrouter.mesh.objective import should_reject
+from disrouter.training.evaluate import EvalRow, EvalStageConfig, ModelEval, alpha_metrics, evaluate_model
 from disrouter.training.probe import ProbeRecord
 from disrouter.training.report import RELIABILITY_PLOT, REJECT_PLOT, ROWS_FILE, auroc, write_report
 from disrouter.training.tasks import Task
@@ -29,13 +30,6 @@ def row(
 
 
 # --- metric math ----------------------------------------------------------------------------------
-
-
-def test_label_is_competence_below_one_minus_alpha() -> None:
-    assert should_reject(0.0, 0.5) and should_reject(0.75, 0.2) and should_reject(0.125, 0.8)
-    assert not should_reject(0.5, 0.5)  # exactly at the boundary: answer
-    assert not should_reject(0.2, 0.8)  # 1 - 0.8 is 0.19999... in floating point
-    assert not should_reject(0.8, 0.2)
 
 
 def test_metrics_on_hand_made_rows() -> None:

@@ -86,6 +86,9 @@ async def test_the_trained_model_routes_live_queries(smoke_run: Path, mesh: Mesh
         ("model: x\ntasks: {synthetic: {}}\nout: o\nprobe: {samples: 2}\nwarmup: 3\n", "unknown keys ['warmup']"),
         ("tasks: {synthetic: {}}\nout: o\n", "missing model"),
         ("model: x\ntasks: {synthetic: {}}\nstages: [probe, dance]\nout: o\n", "stages ['dance']"),
+        ("model: x\ntasks: {synthetic: {}}\nout: o\nrl: {gamma: 0.5}\n", "rl.gamma: set alphas and gamma once, at the top"),
+        ("model: x\ntasks: {synthetic: {}}\nout: o\nalphas: [0.2, 1.2]\n", "alphas [1.2] must lie strictly between 0 and 1"),
+        ("model: x\ntasks: {synthetic: {}}\nout: o\ngamma: -1\n", "gamma must be a positive number"),
     ],
 )
 async def test_bad_configs_are_one_readable_line(tmp_path: Path, config: str, expected: str) -> None:

@@ -46,16 +46,6 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, section: str)
         raise TrainingConfigError(f"{section} config: {exc}") from None
 
 
-def check_alphas(alphas: list[float], section: str = "") -> list[str]:
-    """Problems with a list of scenario alphas (each must lie in (0, 1)); ``section`` (sft, rl, eval)
-    names the config in the messages."""
-    name = f"{section} alphas".strip()
-    if not alphas:
-        return [f"{name} must not be empty"]
-    bad = [a for a in alphas if not 0.0 < float(a) < 1.0]
-    return [f"{name} {bad} must lie strictly between 0 and 1"] if bad else []
-
-
 def model_folder(model: str | Path) -> Path:
     """A Hugging Face folder for ``model``: a known name (smollm2-135m), a folder, or a .gguf file."""
     from disrouter.node.backends.sources import local_folder, resolve

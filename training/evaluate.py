@@ -22,38 +22,25 @@ from typing import Any
 import structlog
 
 from disrouter.node.backends import BACKENDS, Backend, GenerationRequest, PromptTooLongError, load_backend
+from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas, reject_reward, should_reject
 from disrouter.node.prompts import REJECT_PHRASE, is_reject, with_scenario
 
-from .common import TrainingConfigError, check_alphas, config_from_dict, progress_bar
+from .common import TrainingConfigError, config_from_dict, progress_bar
 from .graders import grade
 from .probe import ProbeRecord
 
 log = structlog.get_logger("disrouter.training.evaluate")
 
-LABEL_EPSILON = 1e-9
-"""Tolerance so that e.g. competence 0.2 at alpha 0.8 (1 - 0.8 = 0.19999...) is not a reject."""
-
-
-def should_reject(competence: float, alpha: float) -> bool:
-    """The paper's label: reject when the base model's competence is below 1 - alpha."""
-    return competence < 1.0 - alpha - LABEL_EPSILON
-
-
-def reject_reward(alpha: float, gamma: float) -> float:
-    """The reward of a rejection, (1 - alpha) ** gamma (a correct answer earns 1, a wrong one 0)."""
-    return (1.0 - alpha) ** gamma
-
-
 @dataclass
 class EvalStageConfig:
     """The ``eval`` section of a training config."""
 
-    alphas: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
     max_tokens: int = 128
     in_flight: int = 32  # requests outstanding at once; the backend batches them
     backend: str = "transformers"
     baseline: bool = True  # also evaluate the untrained model, prompted with demonstrations like an untrained node
-    gamma: float = 0.5
+    gamma: float = DEFAULT_GAMMA
     max_batch: int = 16  # rows per batched generate call (transformers backend)
     backend_options: dict[str, Any] = field(default_factory=dict)  # passed to load_backend
 
@@ -62,9 +49,7 @@ class EvalStageConfig:
             self.alphas = [float(alpha) for alpha in self.alphas]
         except (TypeError, ValueError):
             raise TrainingConfigError(f"eval config: alphas must be a list of numbers, got {self.alphas!r}") from None
-        problems = check_alphas(self.alphas, "eval")
-        if len(set(self.alphas)) != len(self.alphas):
-            problems.append("alphas must not repeat")
+        problems = check_alphas(self.alphas)
         if self.max_tokens < 1 or self.in_flight < 1 or self.max_batch < 1:
             problems.append("max_tokens, in_flight and max_batch must be at least 1")
         if self.gamma < 0:

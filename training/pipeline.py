@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import structlog
 
+from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
 from disrouter.mesh.yamlfile import read_yaml_mapping
 
 from .common import TrainingConfigError
@@ -33,7 +34,9 @@ log = structlog.get_logger("disrouter.training.pipeline")
 
 Stage = Literal["probe", "sft", "rl", "eval"]
 STAGES: tuple[Stage, ...] = ("probe", "sft", "rl", "eval")
-_TOP_LEVEL = {"model", "out", "tasks", "splits", "stages", *STAGES}
+_TOP_LEVEL = {"model", "out", "tasks", "alphas", "gamma", "splits", "stages", *STAGES}
+_SHARED = {"sft": ("alphas",), "rl": ("alphas", "gamma"), "eval": ("alphas", "gamma")}
+"""The run-wide settings (top of the config) each stage receives."""
 
 
 @dataclass
@@ -43,11 +46,18 @@ class TrainConfig:
     model: str
     out: Path
     tasks: dict[str, Any]  # {file: PATH, format: tasks|gsm8k|mmlu|arc} or {synthetic: {kinds, per_level, seed, max_level}}
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the scenarios every stage covers
+    gamma: float = DEFAULT_GAMMA  # the reward's exponent, for RL, evaluation and calibration
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     split_seed: int = 0
     stages: tuple[Stage, ...] = STAGES  # which stages `all` runs (rl may be left out)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_dir: Path = Path(".")
+
+    def section(self, stage: Stage) -> dict[str, Any]:
+        """A stage's settings with the run-wide ones (alphas, gamma) it takes."""
+        shared = {"alphas": self.alphas, "gamma": self.gamma}
+        return {**self.sections[stage], **{key: shared[key] for key in _SHARED.get(stage, ())}}
 
     @classmethod
     def load(cls, path: str | Path, out: str | Path | None = None) -> TrainConfig:
@@ -62,6 +72,9 @@ class TrainConfig:
                 raise TrainingConfigError(f"{path}: missing {key}")
         if out is None and "out" not in data:
             raise TrainingConfigError(f"{path}: no output folder: give --out or set out")
+        nested = sorted(f"{stage}.{key}" for stage in STAGES for key in ("alphas", "gamma") if key in (data.get(stage) or {}))
+        if nested:
+            raise TrainingConfigError(f"{path}: {', '.join(nested)}: set alphas and gamma once, at the top of the config")
         splits = dict(data.get("splits") or DEFAULT_FRACTIONS)
         stages = tuple(data.get("stages") or STAGES)
         bad = [s for s in stages if s not in STAGES]
@@ -71,12 +84,31 @@ class TrainConfig:
             model=str(data["model"]),
             out=Path(out or data["out"]),
             tasks=dict(data["tasks"]),
+            alphas=_alphas(path, data.get("alphas", DEFAULT_ALPHAS)),
+            gamma=_gamma(path, data.get("gamma", DEFAULT_GAMMA)),
             splits={k: float(v) for k, v in splits.items() if k != "seed"},
             split_seed=int(splits.get("seed", 0)),
             stages=stages,
             sections={stage: dict(data.get(stage) or {}) for stage in STAGES},
             base_dir=path.parent,
         )
+
+
+def _alphas(path: Path, value: Any) -> list[float]:
+    try:
+        alphas = [float(alpha) for alpha in value]
+    except (TypeError, ValueError):
+        raise TrainingConfigError(f"{path}: alphas must be a list of numbers, got {value!r}") from None
+    problems = check_alphas(alphas)
+    if problems:
+        raise TrainingConfigError(f"{path}: " + "; ".join(problems))
+    return alphas
+
+
+def _gamma(path: Path, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise TrainingConfigError(f"{path}: gamma must be a positive number, got {value!r}")
+    return float(value)
 
 
 class Pipeline:
@@ -104,13 +136,13 @@ class Pipeline:
     def _sft(self) -> None:
         from .sft import SFTStageConfig, train_sft
 
-        stage = SFTStageConfig.from_dict(self.config.sections["sft"])
+        stage = SFTStageConfig.from_dict(self.config.section("sft"))
         train_sft(stage, self.records("train"), self.config.model, self.out / "sft", progress=self.progress)
 
     def _rl(self) -> None:
         from .rl import RLStageConfig, train_rl
 
-        stage = RLStageConfig.from_dict(self.config.sections["rl"])
+        stage = RLStageConfig.from_dict(self.config.section("rl"))
         start = self._model_after("sft")
         train_rl(stage, self.records("train"), start, self.out / "rl", progress=self.progress)
 
@@ -119,13 +151,13 @@ class Pipeline:
         from .evaluate import EvalStageConfig, evaluate_model
         from .report import write_report
 
-        stage = EvalStageConfig.from_dict(self.config.sections["eval"])
+        stage = EvalStageConfig.from_dict(self.config.section("eval"))
         trained_folder = self._final_model()
         val, test = self.records("val"), self.records("test")
         if not val or not test:
             raise TrainingConfigError(f"eval needs validation and test queries; got {len(val)} and {len(test)}: probe more tasks")
         calibration_rows = asyncio.run(evaluate_model(trained_folder, val, stage, demonstrations=False, generate=False, progress=self.progress))
-        calibration = calibrate(calibration_rows, stage.alphas)
+        calibration = calibrate(calibration_rows, stage.alphas, stage.gamma)
         write_calibration(calibration, trained_folder)
         trained = asyncio.run(evaluate_model(trained_folder, test, stage, demonstrations=False, progress=self.progress))
         baseline = (

@@ -1,7 +1,7 @@
 """Stage 2, RL: GRPO with the paper's cost-aware reward, the scenario sampled per prompt.
 
-Reward: 1 for a correct answer, 0 for a wrong one, (1 - alpha) ** gamma for the reject phrase, so
-answering pays in expectation only when the model's chance of being right exceeds (1 - alpha) ** gamma.
+Reward: ``objective.reward`` (1 for a correct answer, 0 for a wrong one, (1 - alpha) ** gamma for
+the reject phrase), so answering pays in expectation only above ``objective.answer_pays_threshold``.
 Correctness comes from the task graders. Output: ``out_dir/model`` (same contract as SFT).
 """
 
@@ -17,11 +17,12 @@ from typing import Any
 
 import structlog
 
+from disrouter.mesh import objective
+from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
 from disrouter.node.prompts import is_reject, with_scenario
 
 from .common import (
     TrainingConfigError,
-    check_alphas,
     compact_progress,
     config_from_dict,
     finished_model,
@@ -45,8 +46,8 @@ log = structlog.get_logger("disrouter.training.rl")
 class RLStageConfig:
     """Settings of the RL stage; ``from_dict`` reads a config file's ``rl`` section."""
 
-    alphas: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
-    gamma: float = 0.5
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    gamma: float = DEFAULT_GAMMA
     num_generations: int = 4  # completions per prompt (the GRPO group)
     max_completion_length: int = 64
     temperature: float = 1.0
@@ -65,7 +66,7 @@ class RLStageConfig:
             self.alphas = [float(a) for a in self.alphas]
         except (TypeError, ValueError):
             raise TrainingConfigError(f"rl config: alphas must be a list of numbers, got {self.alphas!r}") from None
-        problems = check_alphas(self.alphas, "rl")
+        problems = check_alphas(self.alphas)
         if self.gamma <= 0:
             problems.append("gamma must be positive")
         if self.num_generations < 2:
@@ -92,10 +93,8 @@ class RLStageConfig:
 
 
 def reward(task: Task, completion: str, alpha: float, gamma: float) -> float:
-    """The paper's reward: 1 correct, 0 wrong, (1 - alpha) ** gamma for the reject phrase."""
-    if is_reject(completion):
-        return (1.0 - alpha) ** gamma
-    return 1.0 if grade(task, completion) else 0.0
+    """The paper's reward (``objective.reward``) of one completion, graded against ``task``."""
+    return objective.reward(is_reject(completion), float(grade(task, completion)), alpha, gamma)
 
 
 def build_rl_prompts(records: list[ProbeRecord], config: RLStageConfig, count: int | None = None) -> list[dict]:

@@ -1,7 +1,7 @@
 """Stage 1, SFT: teach the model its knowledge boundary from its own probed competence.
 
-For every training query and scenario alpha the target is the reject phrase when competence
-p < 1 - alpha, else one of the model's own correct probe samples (so its knowledge is unchanged).
+For every training query and scenario alpha the target is the reject phrase when the paper's
+label says so (``objective.should_reject``: competence p < 1 - alpha), else one of the model's own correct probe samples (so its knowledge is unchanged).
 The prompt is the node's scenario chat (``with_scenario``, no demonstrations); accept and reject
 examples are balanced per alpha; the loss covers the completion only. Output: ``out_dir/model``.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 import structlog
 
+from disrouter.mesh.objective import DEFAULT_ALPHAS, check_alphas, should_reject
 from disrouter.node.prompts import REJECT_PHRASE, with_scenario
 
 from .common import (
     TrainingConfigError,
-    check_alphas,
     compact_progress,
     config_from_dict,
     finished_model,
@@ -43,7 +43,7 @@ log = structlog.get_logger("disrouter.training.sft")
 class SFTStageConfig:
     """Settings of the SFT stage; ``from_dict`` reads a config file's ``sft`` section."""
 
-    alphas: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
     lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
@@ -63,7 +63,7 @@ class SFTStageConfig:
             self.alphas = [float(a) for a in self.alphas]
         except (TypeError, ValueError):
             raise TrainingConfigError(f"sft config: alphas must be a list of numbers, got {self.alphas!r}") from None
-        problems = check_alphas(self.alphas, "sft")
+        problems = check_alphas(self.alphas)
         if self.lora_r < 1 or self.lora_alpha < 1:
             problems.append("lora_r and lora_alpha must be at least 1")
         if self.epochs <= 0 and self.max_steps < 1:
@@ -116,7 +116,7 @@ def build_sft_examples(records: list[ProbeRecord], config: SFTStageConfig) -> li
         accept: list[dict] = []
         reject: list[dict] = []
         for record in sorted(records, key=lambda r: r.id):
-            rejects = record.competence < 1.0 - alpha
+            rejects = should_reject(record.competence, alpha)
             target = REJECT_PHRASE if rejects else _answer_target(record, alpha, config.seed)
             if target is None:
                 continue  # labelled accept but no correct sample to imitate (cannot happen when p > 0)
