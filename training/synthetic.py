@@ -3,7 +3,10 @@
 Kinds (levels): ``addition`` (1-6: digits per operand), ``multiplication`` (1-6: 1x1 up to 4x4
 digits), ``capitals`` (1-3: famous, known, obscure countries from a built-in table),
 ``letters`` (1-4: counting a letter in longer and longer words), ``comparison`` (1-4: which of
-two numbers is larger, ending with decimal traps such as 9.11 vs 9.9). Every row carries its
+two numbers is larger, ending with decimal traps such as 9.11 vs 9.9), ``facts`` (1-2: everyday
+facts a child knows, then school facts), ``successor`` (1-3: the number after a 1-, 2- or 3-digit
+number), ``copy`` (1-2: repeat a word, then name the first word of a short phrase). The last three
+give small models easy queries, so their competence spreads over [0, 1]. Every row carries its
 ``difficulty`` level and ``meta.generator``.
 """
 
@@ -124,12 +127,65 @@ def _comparison(rng: random.Random, level: int) -> Item:
     return Item("Which number is larger?", "AB"[larger], "choice", choices=pair)
 
 
+FACTS: dict[int, dict[str, tuple[str, str]]] = {
+    1: {
+        "How many legs does a dog have?": ("4", "numeric"), "What color is the sky on a clear day?": ("blue", "contains"),
+        "What is the opposite of hot?": ("cold", "contains"), "How many days are in a week?": ("7", "numeric"),
+        "What do bees make?": ("honey", "contains"), "Which animal says moo?": ("cow", "contains"),
+        "What is frozen water called?": ("ice", "contains"), "How many hours are in a day?": ("24", "numeric"),
+        "What color is grass?": ("green", "contains"), "How many months are in a year?": ("12", "numeric"),
+        "What planet do we live on?": ("Earth", "contains"), "What color is a ripe banana?": ("yellow", "contains"),
+        "What is the opposite of up?": ("down", "contains"), "How many sides does a triangle have?": ("3", "numeric"),
+        "What color is snow?": ("white", "contains"), "How many wheels does a bicycle have?": ("2", "numeric"),
+        "What is the opposite of big?": ("small", "contains"), "What do cows drink?": ("water", "contains"),
+    },
+    2: {
+        "Who wrote Romeo and Juliet?": ("Shakespeare", "contains"), "What is the chemical symbol for gold?": ("Au", "contains"),
+        "How many continents are there?": ("7", "numeric"), "What is the largest planet in the solar system?": ("Jupiter", "contains"),
+        "What is the tallest mountain in the world?": ("Everest", "contains"), "How many legs does a spider have?": ("8", "numeric"),
+        "What is the hardest natural substance?": ("diamond", "contains"), "What is the currency of Japan?": ("yen", "contains"),
+        "What language is spoken in Brazil?": ("Portuguese", "contains"), "What is the smallest prime number?": ("2", "numeric"),
+        "At what temperature in Celsius does water boil at sea level?": ("100", "numeric"),
+        "Which planet is known as the Red Planet?": ("Mars", "contains"), "What is the largest ocean on Earth?": ("Pacific", "contains"),
+        "How many minutes are in an hour?": ("60", "numeric"), "What gas do humans need to breathe to live?": ("oxygen", "contains"),
+        "On which continent is Egypt?": ("Africa", "contains"), "How many strings does a standard guitar have?": ("6", "numeric"),
+    },
+}
+"""Question -> (answer, grader) by difficulty: facts nearly every small chat model knows, then school facts."""
+
+
+def _facts(rng: random.Random, level: int) -> Item:
+    question = rng.choice(sorted(FACTS[level]))
+    answer, grader = FACTS[level][question]
+    return Item(question, answer, grader)
+
+
+def _successor(rng: random.Random, level: int) -> Item:
+    number = _digits(rng, level)
+    return Item(f"What number comes right after {number}? Answer with the number.", str(number + 1), "numeric")
+
+
+COPY_WORDS = ("apple", "river", "window", "garden", "yellow", "pencil", "rabbit", "castle", "summer", "orange",
+              "silver", "forest", "bridge", "candle", "planet", "guitar", "doctor", "button", "jacket", "pillow")
+
+
+def _copy(rng: random.Random, level: int) -> Item:
+    if level == 1:
+        word = rng.choice(COPY_WORDS)
+        return Item(f"Repeat this word exactly: {word}", word, "contains")
+    words = rng.sample(COPY_WORDS, 3)
+    return Item(f'What is the first word of the phrase "{" ".join(words)}"? Answer with that word only.', words[0], "exact")
+
+
 KINDS: dict[str, SyntheticKind] = {
     "addition": SyntheticKind(6, _addition, lambda level: 81 if level == 1 else None),
     "multiplication": SyntheticKind(6, _multiplication, lambda level: 81 if level == 1 else None),
     "capitals": SyntheticKind(len(CAPITALS), _capitals, lambda level: len(CAPITALS[level])),
     "letters": SyntheticKind(len(WORDS) + 1, _letters),
     "comparison": SyntheticKind(4, _comparison, lambda level: 45 if level == 1 else None),
+    "facts": SyntheticKind(len(FACTS), _facts, lambda level: len(FACTS[level])),
+    "successor": SyntheticKind(3, _successor, lambda level: 9 if level == 1 else None),
+    "copy": SyntheticKind(2, _copy, lambda level: len(COPY_WORDS) if level == 1 else None),
 }
 """Generators by name; ``pool`` bounds how many distinct items a level can give."""
 
