@@ -18,6 +18,7 @@ from disrouter.mesh.client import MeshClient, MeshError
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
 from disrouter.mesh.membership import list_cards, open_registry
+from disrouter.mesh.objective import SCENARIOS, ScenarioError, parse_scenario
 from disrouter.mesh.protocol import Answer
 from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects
 from disrouter.mesh.topology import TopologyError
@@ -28,15 +29,10 @@ PROG = "disrouter"
 
 
 def _scenario(value: str) -> str | float:
-    if value in ("performance", "balance", "cost"):
-        return value
     try:
-        alpha = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scenario must be performance, balance, cost or a number in [0, 1], not {value!r}") from None
-    if not 0.0 <= alpha <= 1.0:
-        raise argparse.ArgumentTypeError(f"--scenario must be an alpha within [0, 1], not {alpha}")
-    return alpha
+        return parse_scenario(value)
+    except ScenarioError as exc:
+        raise argparse.ArgumentTypeError(f"--{exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     add_nats_options(ask)
     ask.add_argument("--prefix", default=DEFAULT_PREFIX)
-    ask.add_argument("--scenario", type=_scenario, default="balance", help="performance | balance | cost, or an alpha in [0, 1]")
+    ask.add_argument("--scenario", type=_scenario, default="balance", help=f"{' | '.join(SCENARIOS)}, or an alpha in [0, 1]")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print the whole Answer as one JSON object")
