@@ -19,16 +19,12 @@ from disrouter.mesh.topology import TopologyError, load_topology
 from . import __version__
 from .backends import BACKENDS, ModelNotFoundError, check_model, load_backend
 from .calibration import CalibrationError, load_calibration
-from .policies import POLICIES, make_policy
-from .routing import CascadeRouting, PeerListRouting
-from .runtime import Node, NodeSettings
+from .compose import ConfigError, build_node
+from .policies import POLICIES
+from .runtime import NodeSettings
 
 PROG = "disrouter-node"
 log = structlog.get_logger("disrouter.node.cli")
-
-
-class ConfigError(Exception):
-    """Command-line settings that contradict each other or the topology file."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,23 +130,17 @@ async def serve(args: argparse.Namespace) -> int:
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
     try:
         model_folder = source.folder if source and source.gguf_file is None else None
-        policy = make_policy(card.policy, load_calibration(args.calibration, model_folder))
+        calibration = load_calibration(args.calibration, model_folder)
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
-        missing = policy.needs - backend.capabilities
-        if missing:
-            await backend.close()
-            raise ConfigError(f"policy {policy.name} needs a backend that can {', '.join(sorted(missing))}; {args.backend} cannot")
-        log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line
-        card.context_length = backend.context_length
-        card.capabilities = sorted(backend.capabilities)
-        routing = PeerListRouting(subjects, args.peers.split(",")) if args.peers else CascadeRouting(subjects)
         settings = NodeSettings(
             handoff_timeout_s=args.handoff_timeout,
             registry_ttl_s=args.registry_ttl,
             heartbeat_s=args.heartbeat,
             max_in_flight=args.max_in_flight,
         )
-        node = Node(nc, card, backend, policy, routing, subjects, settings)
+        peers = args.peers.split(",") if args.peers else None
+        node = await build_node(nc, card, backend, subjects, peers=peers, calibration=calibration, settings=settings)
+        log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from harness import NodeHarness, wait_for  # noqa: F401  (tests import wait_for from here)
 from scripted_model import build_scripted_model
 
 from disrouter.local.nats_server import NatsServer
-from disrouter.mesh.client import MeshClient
-from disrouter.mesh.connection import connect
-from disrouter.mesh.membership import NodeCard
-from disrouter.mesh.subjects import Subjects
-from disrouter.node.backends import load_backend
+from disrouter.node.backends import Backend, load_backend
 from disrouter.node.backends.sources import local_folder, resolve
-from disrouter.node.calibration import Calibration
-from disrouter.node.policies import make_policy
-from disrouter.node.routing import CascadeRouting, PeerListRouting
-from disrouter.node.runtime import Node, NodeSettings
 
 pytest_plugins = ["skip_allowlist"]  # --strict-skips: fail on skips not in allowed_skips.yaml
 
@@ -85,75 +75,17 @@ def scripted_models(tmp_path_factory: pytest.TempPathFactory, smollm2_folder: Pa
     }
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> float:
-    """Seconds it took until ``predicate()`` held; AssertionError after ``timeout``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
+class Mesh(NodeHarness):
+    """Real nodes running the scripted models (``models``, keyed as REPLIES) on a mesh of their own."""
 
+    def __init__(self, url: str, models: dict[str, Path], prefix: str | None = None) -> None:
+        super().__init__(
+            url, self._load, prefix=prefix or f"t{uuid.uuid4().hex[:10]}", registry_ttl_s=REGISTRY_TTL_S, backend_kind="transformers"
+        )
+        self.models = models
 
-@dataclass
-class Mesh:
-    """Real nodes (in this process, each on its own NATS connection) on a mesh with its own prefix."""
-
-    url: str
-    models: dict[str, Path]
-    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
-    nodes: list[Node] = field(default_factory=list)
-    clients: list[MeshClient] = field(default_factory=list)
-
-    async def add(
-        self,
-        key: str,
-        cost: float,
-        model: str,
-        *,
-        entry: bool = False,
-        policy: str = "generate",
-        peers: list[str] | None = None,
-        node_id: str | None = None,
-        calibration: Calibration | None = None,
-    ) -> Node:
-        subjects = Subjects(self.prefix)
-        card = NodeCard(node_id=node_id or f"{key}-{uuid.uuid4().hex[:4]}", model_key=key, model=model, cost=cost, entry=entry, policy=policy)
-        backend = await asyncio.to_thread(load_backend, "transformers", str(self.models[model]))
-        routing = PeerListRouting(subjects, peers) if peers is not None else CascadeRouting(subjects)
-        nc = await connect(self.url, name=card.node_id)
-        node = Node(nc, card, backend, make_policy(policy, calibration), routing, subjects, NodeSettings(registry_ttl_s=REGISTRY_TTL_S, handoff_timeout_s=1.0))
-        await node.start()
-        self.nodes.append(node)
-        return node
-
-    async def remove(self, node: Node) -> None:
-        await node.stop()
-        await node.nc.close()
-        self.nodes.remove(node)
-
-    async def client(self) -> MeshClient:
-        client = await MeshClient.connect(self.url, self.prefix)
-        self.clients.append(client)
-        return client
-
-    async def all_see(self, node_ids: set[str], present: bool = True, timeout: float = 10.0) -> None:
-        """Wait until every node's live table has (or lacks) all of ``node_ids``."""
-
-        def seen() -> bool:
-            for node in self.nodes:
-                live = {card.node_id for card in node.membership.live()}
-                if present and not node_ids <= live or not present and node_ids & live:
-                    return False
-            return True
-
-        await wait_for(seen, timeout, f"nodes to {'see' if present else 'forget'} {sorted(node_ids)}")
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
-        for node in list(self.nodes):
-            await self.remove(node)
+    def _load(self, model: str) -> Backend:
+        return load_backend("transformers", str(self.models[model]))
 
 
 @pytest.fixture

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
 
-from disrouter.mesh.client import MeshClient
-from disrouter.mesh.connection import connect
-from disrouter.mesh.membership import NodeCard
-from disrouter.mesh.subjects import Subjects
+from harness import NodeHarness
+
 from disrouter.node.backends.base import Generation, GenerationRequest, TextSink
 from disrouter.node.backends.instant import InstantBackend, _last_user_text
-from disrouter.node.policies import make_policy
-from disrouter.node.routing import CascadeRouting
-from disrouter.node.runtime import Node, NodeSettings
 
 SLOW_S = 1.5
 
@@ -38,53 +32,13 @@ class SlowInstantBackend(InstantBackend):
         return await super().generate(request, on_text)
 
 
-@dataclass
-class InstantMesh:
-    """In-process nodes on their own NATS connections (``urls`` may be a server list)."""
+class InstantMesh(NodeHarness):
+    """In-process nodes with the slow instant backend on their own NATS connections (``urls`` may be a server list)."""
 
-    urls: str
-    prefix: str = field(default_factory=lambda: f"f{uuid.uuid4().hex[:10]}")
-    registry_ttl_s: float = 2.0
-    nodes: list[Node] = field(default_factory=list)
-    clients: list[MeshClient] = field(default_factory=list)
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects(self.prefix)
-
-    async def add(self, key: str, cost: float, *, entry: bool = False, policy: str = "generate", node_id: str | None = None, **nats_options) -> Node:
-        card = NodeCard(
-            node_id=node_id or f"{key}-{uuid.uuid4().hex[:4]}", model_key=key, model="instant", cost=cost, entry=entry, policy=policy, backend="instant"
+    def __init__(self, urls: str, registry_ttl_s: float = 2.0) -> None:
+        super().__init__(
+            urls, lambda model: SlowInstantBackend(model), prefix=f"f{uuid.uuid4().hex[:10]}", registry_ttl_s=registry_ttl_s, backend_kind="instant"
         )
-        nc = await connect(self.urls, name=card.node_id, **nats_options)
-        settings = NodeSettings(registry_ttl_s=self.registry_ttl_s, handoff_timeout_s=1.0)
-        node = Node(nc, card, SlowInstantBackend(), make_policy(policy), CascadeRouting(self.subjects), self.subjects, settings)
-        await node.start()
-        self.nodes.append(node)
-        return node
-
-    async def client(self, **nats_options) -> MeshClient:
-        client = await MeshClient.connect(self.urls, self.prefix, **nats_options)
-        self.clients.append(client)
-        return client
-
-    def all_see_each_other(self) -> bool:
-        ids = {node.card.node_id for node in self.nodes}
-        return all(ids <= {card.node_id for card in node.membership.live()} for node in self.nodes)
-
-    async def close(self) -> None:
-        for client in self.clients:
-            try:
-                await asyncio.wait_for(client.close(), 10)
-            except Exception:
-                pass
-        for node in self.nodes:
-            try:
-                await asyncio.wait_for(node.stop(), 15)
-                await asyncio.wait_for(node.nc.close(), 10)
-            except Exception:
-                pass
-        self.nodes.clear()
 
 
 async def start_cli_node(urls: str, prefix: str, key: str, cost: float, node_id: str, *extra: str, registry_ttl_s: float = 2.0) -> asyncio.subprocess.Process:

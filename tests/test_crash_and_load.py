@@ -24,14 +24,11 @@ from rich.console import Console
 from disrouter.local.processes import start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.client import MeshClient, MeshError
 from disrouter.mesh.connection import connect
-from disrouter.mesh.membership import NodeCard
 from disrouter.mesh.protocol import Answer, Chunk, Error, ErrorCode, encode
 from disrouter.mesh.subjects import Subjects
 from disrouter.node.backends import Generation, GenerationRequest, TextSink
 from disrouter.node.backends.instant import InstantBackend
-from disrouter.node.policies import make_policy
-from disrouter.node.routing import CascadeRouting
-from disrouter.node.runtime import Node, NodeSettings
+from disrouter.node.runtime import Node
 
 BIN = Path(sys.executable).parent
 
@@ -59,14 +56,7 @@ async def add_instant(
     mesh: Mesh, key: str, cost: float, *, entry: bool = False, policy: str = "always", backend: InstantBackend | None = None, **settings: float
 ) -> Node:
     """An in-process node with the instant (or a slow) backend on the harness's mesh."""
-    subjects = Subjects(mesh.prefix)
-    card = NodeCard(node_id=f"{key}-{uuid.uuid4().hex[:4]}", model_key=key, model="instant", cost=cost, entry=entry, policy=policy)
-    nc = await connect(mesh.url, name=card.node_id)
-    node_settings = NodeSettings(registry_ttl_s=REGISTRY_TTL_S, handoff_timeout_s=1.0, **settings)
-    node = Node(nc, card, backend or InstantBackend(), make_policy(policy), CascadeRouting(subjects), subjects, node_settings)
-    await node.start()
-    mesh.nodes.append(node)
-    return node
+    return await mesh.add(key, cost, "instant", entry=entry, policy=policy, backend=backend or InstantBackend(), settings=settings)
 
 
 async def start_node_process(mesh: Mesh, model: str, key: str, cost: float, node_id: str, *extra: str) -> asyncio.subprocess.Process:

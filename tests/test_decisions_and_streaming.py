@@ -12,7 +12,9 @@ from conftest import REPLIES, Mesh
 from disrouter.mesh.client import MeshError
 from disrouter.mesh.protocol import Answer, Chunk
 from disrouter.node.backends import GenerationRequest, load_backend
+from disrouter.node.backends.instant import InstantBackend
 from disrouter.node.calibration import CALIBRATION_FILENAME, Calibration, load_calibration
+from disrouter.node.compose import ConfigError
 
 
 def route(answer: Answer) -> list[tuple[str, str]]:
@@ -47,6 +49,17 @@ async def test_a_very_confident_rejection_skips_to_the_strongest_peer(mesh: Mesh
     answer = await client.ask("q", timeout=30)
 
     assert route(answer) == [("t1", "reject"), ("t4", "answer")]
+
+
+async def test_a_policy_the_backend_cannot_serve_is_refused_when_the_node_is_built(mesh: Mesh) -> None:
+    """The probe policy scores the reject phrase: build_node refuses a backend that cannot score."""
+
+    class GenerateOnly(InstantBackend):
+        capabilities = frozenset({"stream"})
+
+    with pytest.raises(ConfigError, match="policy probe needs a backend that can score"):
+        await mesh.add("small", 0.1, "instant", entry=True, policy="probe", backend=GenerateOnly())
+    assert mesh.nodes == []
 
 
 async def test_the_threshold_comes_from_the_calibration_file(tmp_path: Path, scripted_models: dict[str, Path]) -> None:
