@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import NoReturn
+import types
+import typing
+from typing import Any, NoReturn, TypeVar
 
 from disrouter.mesh.connection import NatsAuth, default_nats_url
 
@@ -69,6 +72,45 @@ def nats_auth(args: argparse.Namespace) -> NatsAuth:
         key=args.nats_key,
         inbox_prefix=args.nats_inbox_prefix,
     )
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a settings field: its ``flag`` metadata, else ``--field-name``."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _value_type(annotation: Any) -> Any:  # noqa: ANN401 - a type annotation
+    """``int`` for ``int | None``: the type a flag's text converts to."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, groups: dict[str, str] | None = None) -> None:
+    """One flag per field of the settings dataclass ``cls`` (help, default, type from the field), like TRL's parser.
+
+    A field's ``group`` metadata puts its flag under ``groups[group]``, the title of an argument group.
+    """
+    hints = typing.get_type_hints(cls)
+    made: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta, default = f.metadata, f.default
+        group = meta.get("group")
+        target = made.setdefault(group, parser.add_argument_group(groups[group])) if group and groups else parser
+        text = meta["help"] + (f" (default {default})" if default not in (None, False) else "")
+        if hints[f.name] is bool:
+            target.add_argument(flag_of(f), dest=f.name, action="store_true", help=text)
+            continue
+        extra = {key: meta[key] for key in ("metavar", "choices") if key in meta}
+        target.add_argument(flag_of(f), dest=f.name, type=_value_type(hints[f.name]), default=default, help=text, **extra)
+
+
+Settings = TypeVar("Settings")
+
+
+def dataclass_from_args(cls: type[Settings], args: argparse.Namespace) -> Settings:
+    """The settings dataclass ``cls`` from parsed flags made by ``add_dataclass_options``."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def add_log_options(parser: argparse.ArgumentParser, default_format: str = "json") -> None:

@@ -9,21 +9,22 @@ import uuid
 
 import structlog
 
-from disrouter.cli.common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
+from disrouter.cli.common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, fail, nats_auth
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
-from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, NodeCard
+from disrouter.mesh.membership import NodeCard
 from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects, subject_token
 from disrouter.mesh.topology import TopologyError, load_topology
 
 from . import __version__
-from .backends import BACKENDS, ModelNotFoundError, check_model, load_backend
+from .backends import ModelNotFoundError, check_model, load_backend
 from .calibration import CalibrationError, load_calibration
-from .compose import ConfigError, build_node
+from .compose import build_node
 from .policies import POLICIES
-from .runtime import NodeSettings
+from .settings import BackendSettings, ConfigError, NodeSettings
 
 PROG = "disrouter-node"
+BACKEND_GROUPS = {"vllm": "vLLM engine (--backend vllm)", "openai": "OpenAI-compatible endpoint (--backend openai)"}
 log = structlog.get_logger("disrouter.node.cli")
 
 
@@ -40,26 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=sorted(POLICIES), help="decision policy (default: topology's, else generate)")
     p.add_argument("--entry", action="store_true", help="serve the ingress subject (default: cheapest tier of the topology)")
     p.add_argument("--prefix", help=f"mesh subject prefix (default: topology's, else {DEFAULT_PREFIX})")
-    p.add_argument("--backend", choices=sorted(BACKENDS), default="transformers")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--calibration", help="probe policy thresholds (default: disrouter-calibration.json beside the model, else built-in)")
-    p.add_argument("--concurrency", type=int, default=2, help="generation batches run at once (default 2)")
-    p.add_argument("--max-batch", type=int, default=16, help="queries per generation batch (default 16)")
-    engine = p.add_argument_group("vLLM engine (--backend vllm)")
-    engine.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    engine.add_argument("--gpu-memory-utilization", type=float, help="share of GPU memory (on CPU: of RAM) vLLM reserves (default 0.9 GPU, 0.2 CPU)")
-    engine.add_argument("--enforce-eager", action="store_true", help="skip graph compilation: faster start, slower decoding")
-    engine.add_argument("--dtype", help="weights dtype, e.g. float16, bfloat16, float32 (default: float32 on CPU, the model's on GPU)")
-    remote = p.add_argument_group("OpenAI-compatible endpoint (--backend openai)")
-    remote.add_argument("--endpoint", metavar="URL", help="the server's API root, e.g. http://127.0.0.1:8000/v1; --model is its model name")
-    remote.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default: no key)")
-    p.add_argument("--registry-ttl", type=float, default=DEFAULT_REGISTRY_TTL_S, help="seconds before a silent node is dropped")
-    p.add_argument("--handoff-timeout", type=float, default=2.0, help="seconds to wait for a peer to confirm a hand-off")
-    p.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
-                   help="seconds between Progress heartbeats to clients that ask for them (default 1)")
-    p.add_argument("--max-in-flight", type=int, default=64, metavar="N",
-                   help="queries held at once; beyond it hand-offs are refused and new requests go to a replica or "
-                        "stronger tier, else get an `overloaded` Error (default 64)")
+    add_dataclass_options(p, BackendSettings, BACKEND_GROUPS)
+    add_dataclass_options(p, NodeSettings)
     add_log_options(p)
     return p
 
@@ -96,48 +80,17 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
     return card, model, prefix
 
 
-BACKEND_ONLY_OPTIONS = {
-    "vllm": ("max_model_len", "gpu_memory_utilization", "enforce_eager", "dtype"),
-    "openai": ("endpoint", "api_key_env"),
-}
-
-
-def backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """Loader options from the flags; a backend's own flags are refused for the others."""
-    options: dict[str, object] = {"concurrency": args.concurrency, "max_batch": args.max_batch}
-    if args.device:
-        options["device"] = args.device
-    for backend, names in BACKEND_ONLY_OPTIONS.items():
-        given = {name: getattr(args, name) for name in names if getattr(args, name) not in (None, False)}
-        if given and args.backend != backend:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{flags} only appl{'y' if len(given) > 1 else 'ies'} to --backend {backend}")
-        options |= given
-    if args.backend == "openai" and not args.endpoint:
-        raise ConfigError("--backend openai needs --endpoint URL (the server's API root, e.g. http://127.0.0.1:8000/v1)")
-    return options
-
-
 async def serve(args: argparse.Namespace) -> int:
     card, model, prefix = node_card(args)
     subjects = Subjects(prefix)
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
-    options = backend_options(args)
-    if args.heartbeat <= 0:
-        raise ConfigError("--heartbeat must be a positive number of seconds")
-    if args.max_in_flight < 1:
-        raise ConfigError("--max-in-flight must be at least 1")
+    options = dataclass_from_args(BackendSettings, args).loader_options()
+    settings = dataclass_from_args(NodeSettings, args)
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
     try:
         model_folder = source.folder if source and source.gguf_file is None else None
         calibration = load_calibration(args.calibration, model_folder)
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
-        settings = NodeSettings(
-            handoff_timeout_s=args.handoff_timeout,
-            registry_ttl_s=args.registry_ttl,
-            heartbeat_s=args.heartbeat,
-            max_in_flight=args.max_in_flight,
-        )
         peers = args.peers.split(",") if args.peers else None
         node = await build_node(nc, card, backend, subjects, peers=peers, calibration=calibration, settings=settings)
         log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line

@@ -15,11 +15,8 @@ from .backends import Backend
 from .calibration import Calibration
 from .policies import make_policy
 from .routing import CascadeRouting, PeerListRouting
-from .runtime import Node, NodeSettings
-
-
-class ConfigError(Exception):
-    """Node settings that contradict each other, the topology file or the backend."""
+from .runtime import Node
+from .settings import ConfigError, NodeSettings
 
 
 async def build_node(

@@ -31,7 +31,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from disrouter.mesh.connection import MeshPermissionError
-from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S, Membership, NodeCard, open_registry, registry_ttl
+from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
     Answer,
     Chunk,
@@ -51,22 +51,12 @@ from disrouter.mesh.subjects import Subjects
 from .backends import Backend, Generation, PromptTooLongError
 from .policies import Policy, answer_forced
 from .routing import Routing, Target
+from .settings import NodeSettings
 
 log = structlog.get_logger("disrouter.node")
 
 HANDOFF_ACCEPTED = b"+ACK"
 HANDOFF_REFUSED = b"-NAK"
-
-
-@dataclass
-class NodeSettings:
-    handoff_timeout_s: float = 2.0  # how long to wait for a peer to confirm a hand-off
-    default_timeout_s: float = 120.0  # deadline for queries that arrive without one
-    drain_timeout_s: float = 60.0  # how long SIGTERM waits for in-flight queries
-    registry_ttl_s: float = DEFAULT_REGISTRY_TTL_S
-    heartbeat_s: float = 1.0  # period of Progress heartbeats to clients that ask for them
-    max_in_flight: int = 64  # queries held at once; beyond it: -NAK hand-offs, overflow or `overloaded`
-    max_overflow: int = 256  # requests being passed on at once while full; beyond it: `overloaded` at once
 
 
 @dataclass
