@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--quick", action="store_true", help="small counts and no vLLM: checks the benchmark runs, not the figures")
     perf.add_argument("--vllm-compiled", action="store_true", help="measure vLLM with graph compilation (slower start, faster decoding)")
     add_log_options(perf, default_format="console")
+    quality = benchmarks.add_parser("quality", help="routing quality through the live mesh against oracle and centralized routers")
+    quality.add_argument("--preset", default="smoke", help="smoke (minutes, CI), full, or a preset YAML file (default smoke)")
+    quality.add_argument("--out", default=None, help="results folder (default: ./bench-quality-<preset>)")
+    add_log_options(quality, default_format="console")
 
     train = commands.add_parser("train", help="teach a model when to say \"I don't know!\" (needs the train extra)")
     train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all"], help="one stage, or all in order (each resumes)")
@@ -145,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             from disrouter.training.cli import main as run_train
 
             return run_train(args.stage, args.config, args.out, progress=not args.no_progress)
+        if args.command == "bench" and args.benchmark == "quality":
+            from disrouter.bench.quality.run import main as run_quality
+
+            return run_quality(args.preset, args.out)
         if args.command == "bench":
             from disrouter.bench.perf import main as run_perf
 
