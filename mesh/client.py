@@ -237,7 +237,7 @@ class MeshClient:
     def _payload(self, question: Question, query_id: str, timeout: float, *, stream: bool, **options: Any) -> bytes:
         messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
         query = Query(id=query_id, messages=messages, deadline=time.time() + timeout, stream=stream, **options)
-        return encode(query.model_dump(exclude={"path", "reply_to", "wire"}))
+        return encode(query)
 
     @staticmethod
     def _read(data: bytes, query_id: str) -> Answer | Chunk | Progress | Error:

@@ -1,7 +1,10 @@
-"""Wire protocol: versioned Query, Answer, Error and Hop messages, msgpack or JSON on the wire.
+"""Wire protocol: every fact about what goes over NATS, in one module.
 
-A payload whose first non-blank byte is ``{`` is JSON; anything else is msgpack. Replies use
-the format of the request that caused them.
+A client sends a Query; nodes pass each other a HandOff (the Query plus the routing state that
+travels with it) and confirm one with HANDOFF_ACCEPTED or refuse it with HANDOFF_REFUSED; the
+client's reply subject gets Progress, Chunk, then an Answer or an Error (``decode_reply`` tells
+them apart). A payload whose first non-blank byte is ``{`` is JSON; anything else is msgpack.
+Replies use the format of the request that caused them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from enum import Enum
 from typing import Any, Literal, Union
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, ValidationError, field_validator, model_serializer, model_validator
 
 from .objective import ScenarioName, parse_scenario, scenario_alpha
 
@@ -29,6 +32,11 @@ DEFAULT_MAX_HOPS = 8
 DEFAULT_TIMEOUT_S = 120.0
 
 WireFormat = Literal["msgpack", "json"]
+
+# The receiving node's reply to a hand-off request: it took the query (and now answers for it), or not.
+HANDOFF_ACCEPTED = b"+ACK"
+HANDOFF_REFUSED = b"-NAK"
+ROUTING_FIELDS = ("path", "reply_to", "wire")  # the HandOff's own keys in its flat wire map
 
 
 class ErrorCode(str, Enum):
@@ -85,7 +93,9 @@ class Hop(_Strict):
 
 
 class Query(_Strict):
-    """A client's question plus the routing state that travels with it inside the mesh."""
+    """A client's question and how to answer it. Routing state travels in a HandOff, never here."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=False)
 
     v: int = PROTOCOL_VERSION
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
@@ -98,10 +108,6 @@ class Query(_Strict):
     deadline: float | None = Field(default=None, description="Unix time (s) after which to give up")
     stream: bool = False  # send Chunk messages to the reply subject before the final Answer
     progress: bool = False  # send Progress heartbeats to the reply subject while a node holds the query
-    # Routing state: set by nodes, ignored when a client sends them to the ingress subject.
-    path: list[Hop] = Field(default_factory=list, max_length=MAX_HOPS_LIMIT)
-    reply_to: str | None = Field(default=None, max_length=512)
-    wire: WireFormat = "msgpack"
 
     @model_validator(mode="before")
     @classmethod
@@ -127,11 +133,47 @@ class Query(_Strict):
         """The scenario as a number: weight of cost against accuracy."""
         return scenario_alpha(self.scenario)
 
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline is not None and (now or time.time()) >= self.deadline
+
+    def with_deadline(self, timeout_s: float) -> "Query":
+        """This query if it has a deadline, else a copy whose deadline is ``timeout_s`` from now."""
+        return self if self.deadline is not None else self.model_copy(update={"deadline": time.time() + timeout_s})
+
+
+class HandOff(_Strict):
+    """What nodes pass each other: the client's Query plus the routing state that travels with it.
+
+    On the wire it is one flat map, the Query's fields plus ``path`` (the hops so far),
+    ``reply_to`` (the client's reply subject: the answering node publishes there) and ``wire``
+    (the client's format). Nodes build a new HandOff for each step; none is changed in place.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    query: Query
+    path: list[Hop] = Field(default_factory=list, max_length=MAX_HOPS_LIMIT)
+    reply_to: str = Field(max_length=512)
+    wire: WireFormat = "msgpack"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat_map(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "query" not in data:
+            return {"query": {k: v for k, v in data.items() if k not in ROUTING_FIELDS}, **{k: data[k] for k in ROUTING_FIELDS if k in data}}
+        return data
+
+    @model_serializer
+    def _to_flat_map(self, info: SerializationInfo) -> dict[str, Any]:
+        path = [hop.model_dump(mode=info.mode) for hop in self.path]
+        return {**self.query.model_dump(mode=info.mode), "path": path, "reply_to": self.reply_to, "wire": self.wire}
+
     def visited_models(self) -> set[str]:
         return {hop.model for hop in self.path}
 
-    def expired(self, now: float | None = None) -> bool:
-        return self.deadline is not None and (now or time.time()) >= self.deadline
+    def then(self, hop: Hop) -> "HandOff":
+        """The hand-off to send on: this one with ``hop`` appended to the path."""
+        return self.model_copy(update={"path": [*self.path, hop]})
 
 
 class Answer(_Strict):
@@ -235,24 +277,35 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_query(payload: bytes, *, from_client: bool) -> Query:
-    """Parse a Query. From a client, routing state (path, reply_to) is discarded, never trusted."""
-    data, wire = decode_map(payload)
-    _check_version(data)
-    if from_client:
-        for field in ("path", "reply_to", "wire"):
-            data.pop(field, None)
+def _validate(kind: type[Query] | type[HandOff], data: dict) -> Query | HandOff:
     try:
-        query = Query.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_QUERY, _describe(exc)) from None
     except ProtocolError:
         raise
     except (ValueError, TypeError) as exc:  # e.g. inf/nan or unhashable values inside validators
         raise ProtocolError(ErrorCode.INVALID_QUERY, str(exc)) from None
-    if from_client:
-        query.wire = wire
-    return query
+
+
+def decode_query(payload: bytes) -> Query:
+    """Parse a client's Query; routing state sent with it (path, reply_to, wire) is ignored, never trusted."""
+    data, _ = decode_map(payload)
+    _check_version(data)
+    return _validate(Query, data)
+
+
+def decode_inbound(payload: bytes, *, from_client: bool) -> Query | HandOff:
+    """What a node received: a HandOff when another node sent it (a map with ``reply_to``), else a client's Query.
+
+    Everything on the ingress subject is from a client (``from_client``); on a model or node
+    subject a map without ``reply_to`` is a client's direct request.
+    """
+    data, _ = decode_map(payload)
+    _check_version(data)
+    if from_client or data.get("reply_to") is None:
+        return _validate(Query, data)
+    return _validate(HandOff, data)
 
 
 def decode_reply(payload: bytes) -> Answer | Error | Chunk | Progress:

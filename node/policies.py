@@ -1,13 +1,15 @@
-"""Decision policies: does this node answer a query or hand it to a stronger peer?
+"""Decision policies: does this node answer a query or hand it to a stronger peer, and how does it answer?
 
-Each policy is registered by name; `disrouter-node --policy NAME` picks one.
+A policy owns both halves: ``decide`` (answer or reject) and ``answer`` (answer for certain, when
+no peer is left to take the query). Each policy is registered by name; `disrouter-node --policy
+NAME` picks one.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from disrouter.mesh.protocol import Query
@@ -24,6 +26,13 @@ class Decision:
     reject_prob: float | None = None
     skip: bool = False  # so sure of rejecting that the query should go to the strongest peer
     prompt_tokens: int = 0  # tokens the decision itself read, when no generation was run
+    forced: bool = False  # answered only because no peer was left to take the query
+    decide_ms: float | None = None  # time spent deciding (set by the node that timed it)
+
+    @property
+    def name(self) -> str:
+        """The decision as a Hop records it: ``answer``, ``reject`` or ``forced``."""
+        return "reject" if self.reject else "forced" if self.forced else "answer"
 
 
 def _request(query: Query, messages: list[dict[str, str]], suppress: tuple[str, ...] = ()) -> GenerationRequest:
@@ -61,12 +70,23 @@ class RejectGuard:
 
 class Policy(ABC):
     name: ClassVar[str]
-    never_rejects: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset()  # backend capabilities the policy requires
 
     @abstractmethod
     async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
         """Answer the query (streaming the answer to ``on_text``), or reject it."""
+
+    async def answer(self, backend: Backend, query: Query, on_text: TextSink | None = None, rejected: Decision | None = None) -> Decision:
+        """Answer for certain (no peer is left, or none took the ``rejected`` query): no scenario
+        instruction, the reject phrase suppressed. Keeps what ``rejected`` measured."""
+        generation = await backend.generate(_request(query, _chat(query), suppress=tuple(reject_variants())), on_text)
+        return Decision(
+            reject=False,
+            generation=generation,
+            reject_prob=rejected.reject_prob if rejected else None,
+            forced=True,
+            decide_ms=rejected.decide_ms if rejected else None,
+        )
 
 
 class GeneratePolicy(Policy):
@@ -109,15 +129,13 @@ class AlwaysPolicy(Policy):
     """Never rejects: for models without self-awareness training (e.g. the strongest tier)."""
 
     name = "always"
-    never_rejects = True
 
     async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
-        return Decision(reject=False, generation=await answer_forced(backend, query, on_text))
+        return await self.answer(backend, query, on_text)
 
-
-async def answer_forced(backend: Backend, query: Query, on_text: TextSink | None = None) -> Generation:
-    """Answer without the scenario instruction and with the reject phrase suppressed."""
-    return await backend.generate(_request(query, _chat(query), suppress=tuple(reject_variants())), on_text)
+    async def answer(self, backend: Backend, query: Query, on_text: TextSink | None = None, rejected: Decision | None = None) -> Decision:
+        """The same answer as ever: for this policy answering is never forced."""
+        return replace(await super().answer(backend, query, on_text, rejected), forced=False)
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, ProbePolicy, AlwaysPolicy)}

@@ -2,9 +2,13 @@
 
 Subjects served: ``<prefix>.ingress`` (entry nodes, queue group), ``<prefix>.model.<key>`` (queue
 group shared by replicas) and ``<prefix>.node.<id>``. A message on the ingress subject is a
-client request, answered on its NATS reply subject; routing fields in it are ignored. A message on
-a model or node subject that carries ``reply_to`` is a hand-off: the node confirms it at once on
-the NATS reply subject, then publishes the final Answer or Error to ``reply_to``.
+client request (a Query), answered on its NATS reply subject. A message on a model or node subject
+that carries ``reply_to`` is a HandOff: the node confirms it at once on the NATS reply subject,
+then publishes the final Answer or Error to ``reply_to``. Either way the node works on a HandOff.
+
+Who does what: the Policy decides (answer or reject) and answers; the Routing orders the targets;
+this runtime carries the outcome out (send the answer, or hand the query to the first target
+that confirms).
 
 Progress heartbeats: while a node holds a query that asked for them (``progress: true``, which
 ``MeshClient`` sets), it publishes a Progress message to ``reply_to`` at once and then every
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -33,54 +37,46 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from disrouter.mesh.connection import MeshPermissionError
 from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
+    HANDOFF_ACCEPTED,
+    HANDOFF_REFUSED,
     Answer,
     Chunk,
     Error,
     ErrorCode,
+    HandOff,
     Hop,
     Progress,
     ProtocolError,
     Query,
-    decode_query,
+    decode_inbound,
     encode,
     query_id_of,
     wire_format_of,
 )
 from disrouter.mesh.subjects import Subjects
 
-from .backends import Backend, Generation, PromptTooLongError
-from .policies import Policy, answer_forced
+from .backends import Backend, PromptTooLongError
+from .policies import Decision, Policy
 from .routing import Routing, Target
 from .settings import NodeSettings
 
 log = structlog.get_logger("disrouter.node")
 
-HANDOFF_ACCEPTED = b"+ACK"
-HANDOFF_REFUSED = b"-NAK"
-
-
-@dataclass
-class _Outcome:
-    generation: Generation
-    decision: str
-    reject_prob: float | None = None
-    decide_ms: float | None = None
-
 
 class _ChunkStream:
     """Publishes an answer's text deltas to the client's reply subject as numbered Chunks."""
 
-    def __init__(self, node: "Node", query: Query) -> None:
+    def __init__(self, node: "Node", handoff: HandOff) -> None:
         self._node = node
-        self._query = query
+        self._handoff = handoff
         self._seq = 0
         self._pending: list[asyncio.Task] = []
 
     def send(self, delta: str) -> None:
-        chunk = Chunk(id=self._query.id, chunk=delta, seq=self._seq, node_id=self._node.card.node_id)
+        chunk = Chunk(id=self._handoff.query.id, chunk=delta, seq=self._seq, node_id=self._node.card.node_id)
         self._seq += 1
-        payload = encode(chunk, self._query.wire)
-        self._pending.append(asyncio.ensure_future(self._node.nc.publish(self._query.reply_to, payload)))
+        payload = encode(chunk, self._handoff.wire)
+        self._pending.append(asyncio.ensure_future(self._node.nc.publish(self._handoff.reply_to, payload)))
 
     async def flush(self) -> None:
         """Wait until every chunk is handed to NATS, so the final Answer comes after them."""
@@ -121,7 +117,7 @@ class Node:
         self.membership: Membership | None = None
         self._subscriptions: list = []
         self._inflight: set[asyncio.Task] = set()
-        self._held: dict[int, Query] = {}  # queries this node is responsible for, by id(query)
+        self._held: dict[int, HandOff] = {}  # queries this node is responsible for, by id(handoff)
         self._overflowing = 0  # client requests being passed on because the node is full
         self._heartbeats: asyncio.Task | None = None
         self._draining = False
@@ -193,21 +189,21 @@ class Node:
 
     # --- holding queries: the in-flight bound and progress heartbeats -------------------------
 
-    def _hold(self, query: Query) -> None:
-        self._held[id(query)] = query
+    def _hold(self, handoff: HandOff) -> None:
+        self._held[id(handoff)] = handoff
         self.card.load = len(self._held)
 
-    def _release(self, query: Query) -> None:
+    def _release(self, handoff: HandOff) -> None:
         """This node no longer answers for the query (answered, failed, or handed on): stop its heartbeats."""
-        if self._held.pop(id(query), None) is not None:
+        if self._held.pop(id(handoff), None) is not None:
             self.card.load = len(self._held)
 
-    async def _progress(self, query: Query) -> None:
-        if not query.progress or query.reply_to is None:
+    async def _progress(self, handoff: HandOff) -> None:
+        if not handoff.query.progress:
             return
-        beat = Progress(id=query.id, node_id=self.card.node_id, hops=len(query.path), every=self.settings.heartbeat_s)
+        beat = Progress(id=handoff.query.id, node_id=self.card.node_id, hops=len(handoff.path), every=self.settings.heartbeat_s)
         try:
-            await self.nc.publish(query.reply_to, encode(beat, query.wire))
+            await self.nc.publish(handoff.reply_to, encode(beat, handoff.wire))
         except Exception as exc:  # reconnecting: the next beat may get through
             self._log.debug("progress_failed", error=str(exc))
 
@@ -215,83 +211,82 @@ class Node:
         """One timer for all held queries: a Progress to each that asked for them, every heartbeat_s."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            for query in list(self._held.values()):
-                if id(query) in self._held:
-                    await self._progress(query)
+            for handoff in list(self._held.values()):
+                if id(handoff) in self._held:
+                    await self._progress(handoff)
+
+    # --- intake: one message in, a HandOff to route (or a refusal, or an Error) ----------------
 
     async def _handle(self, msg: Msg, from_client: bool) -> None:
+        """The one place a message is taken on; any failure while routing it becomes an `internal` Error."""
         structlog.contextvars.bind_contextvars(node_id=self.card.node_id)
         try:
-            query = decode_query(msg.data, from_client=from_client)
+            arrived = decode_inbound(msg.data, from_client=from_client)
         except ProtocolError as exc:
             await self._reject_malformed(msg, exc)
             return
-        structlog.contextvars.bind_contextvars(query_id=query.id)
-        handoff = query.reply_to is not None and bool(msg.reply)  # confirm it (+ACK) or refuse it (-NAK)
-        if query.reply_to is None:  # a client request (ingress, or straight to a tier)
-            if not msg.reply:
-                self._log.warning("query_without_reply_subject", query_id=query.id)
-                return
-            query.reply_to = msg.reply
-            if not from_client:
-                query.wire = wire_format_of(msg.data)
-        if handoff and self._draining:
-            await self._respond(msg, HANDOFF_REFUSED)
+        handoff = self._envelope(arrived, msg)
+        if handoff is None:
             return
+        structlog.contextvars.bind_contextvars(query_id=handoff.query.id)
+        confirm = isinstance(arrived, HandOff) and bool(msg.reply)  # the sender waits for +ACK or -NAK
         full = len(self._held) >= self.settings.max_in_flight
-        if full and handoff:  # the sender tries its next target
+        if confirm and (full or self._draining):  # the sender tries its next target
+            await self._refuse(msg, full)
+            return
+        if full:
+            await self._overflow(handoff)
+            return
+        self._hold(handoff)  # no await since the check above: the bound is exact
+        try:
+            if confirm:
+                await self._respond(msg, HANDOFF_ACCEPTED)
+            await self._progress(handoff)
+            await self._route(handoff)
+        except Exception as exc:  # a node never dies of one query
+            self._log.exception("query_failed", query_id=handoff.query.id)
+            await self._fail(handoff, ErrorCode.INTERNAL, f"node {self.card.node_id} failed: {exc}")
+        finally:
+            self._release(handoff)
+
+    def _envelope(self, arrived: Query | HandOff, msg: Msg) -> HandOff | None:
+        """The HandOff to work on: as received, or a client's Query wrapped with its reply subject and format."""
+        if isinstance(arrived, HandOff):
+            handoff = arrived
+        elif not msg.reply:
+            self._log.warning("query_without_reply_subject", query_id=arrived.id)
+            return None
+        else:
+            handoff = HandOff(query=arrived, reply_to=msg.reply, wire=wire_format_of(msg.data))
+        return handoff.model_copy(update={"query": handoff.query.with_deadline(self.settings.default_timeout_s)})
+
+    async def _refuse(self, msg: Msg, full: bool) -> None:
+        if full:
             self.stats.refused += 1
             self._log.info("handoff_refused_full", held=len(self._held))
-            await self._respond(msg, HANDOFF_REFUSED)
-            return
-        if query.deadline is None:
-            query.deadline = time.time() + self.settings.default_timeout_s
-        if full:
-            await self._overflow(query)
-            return
-        self._hold(query)  # no await since the check above: the bound is exact
-        try:
-            if handoff:
-                await self._respond(msg, HANDOFF_ACCEPTED)
-            await self._progress(query)
-            await self._route(query)
-        except Exception as exc:  # a node never dies of one query
-            self._log.exception("query_failed", query_id=query.id)
-            await self._send(query, Error.of(ErrorCode.INTERNAL, f"node {self.card.node_id} failed: {exc}", query.id, query.path))
-        finally:
-            self._release(query)
+        await self._respond(msg, HANDOFF_REFUSED)
 
-    async def _overflow(self, query: Query) -> None:
+    async def _overflow(self, handoff: HandOff) -> None:
         """A client request arrived while the node is full: a replica or stronger tier takes it, or `overloaded`."""
         self.stats.overflowed += 1
         if self._overflowing >= self.settings.max_overflow:  # passing queries on is bounded too
-            await self._send(query, self._overloaded(query))
+            await self._send(handoff, self._overloaded(handoff))
             return
         self._overflowing += 1
         try:
             started = time.perf_counter()
-            targets = [] if len(query.path) + 1 >= query.max_hops else self._overflow_targets(query)
-            hop = self._hop("overflow", None, started, None)
-            if targets and await self._hand_off(query, hop, targets):
-                return
-            await self._send(query, self._overloaded(query))
+            targets = self.routing.overflow_targets(handoff, self.card, self._live())
+            if not await self._hand_off(handoff, self._hop(started), targets):
+                await self._send(handoff, self._overloaded(handoff))
         finally:
             self._overflowing -= 1
 
-    def _overflow_targets(self, query: Query) -> list[Target]:
-        """Other live replicas of this model (least loaded first), then the stronger tiers."""
-        live = self.membership.live() if self.membership else []
-        replicas = sorted(
-            (c for c in live if c.model_key == self.card.model_key and c.node_id != self.card.node_id), key=lambda c: c.load
-        )
-        return [Target(c.model_key, self.subjects.node(c.node_id)) for c in replicas] + self.routing.targets(query, self.card, live)
-
-    def _overloaded(self, query: Query) -> Error:
+    def _overloaded(self, handoff: HandOff) -> Error:
         return Error.of(
             ErrorCode.OVERLOADED,
             f"node {self.card.node_id} holds its limit of {self.settings.max_in_flight} queries and no replica or stronger peer took the query",
-            query.id,
-            query.path,
+            handoff.query.id,
+            handoff.path,
         )
 
     async def _reject_malformed(self, msg: Msg, exc: ProtocolError) -> None:
@@ -301,45 +296,52 @@ class Node:
             error = Error.of(exc.code, exc.message, query_id_of(msg.data))
             await self._respond(msg, encode(error, wire_format_of(msg.data)))
 
-    # --- routing ----------------------------------------------------------------------------
+    # --- routing: the policy decides, the routing orders targets, the node carries it out -------
 
-    async def _route(self, query: Query) -> None:
+    def _live(self) -> list[NodeCard]:
+        return self.membership.live() if self.membership else []
+
+    async def _route(self, handoff: HandOff) -> None:
         started = time.perf_counter()
-        if query.expired():
-            await self._send(query, Error.of(ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed before it was answered", query.id, query.path))
+        if handoff.query.expired():
+            await self._fail(handoff, ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed before it was answered")
             return
-        live = self.membership.live() if self.membership else []
-        targets = [] if len(query.path) + 1 >= query.max_hops else self.routing.targets(query, self.card, live)
-        stream = _ChunkStream(self, query) if query.stream else None
-        sink = stream.send if stream else None
+        live = self._live()
+        stream = _ChunkStream(self, handoff) if handoff.query.stream else None
         try:
-            if not targets:
-                decision_name = "answer" if self.policy.never_rejects else "forced"
-                outcome = _Outcome(await answer_forced(self.backend, query, sink), decision_name)
-            else:
-                decision = await self.policy.decide(self.backend, query, sink)
-                decide_ms = (time.perf_counter() - started) * 1000.0
-                if decision.reject:
-                    hop = self._hop("reject", decision.generation, started, decision.reject_prob, decide_ms, decision.prompt_tokens)
-                    if await self._hand_off(query, hop, targets[::-1] if decision.skip else targets):
-                        return
-                    self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
-                    outcome = _Outcome(await answer_forced(self.backend, query, sink), "forced", decision.reject_prob, decide_ms)
-                else:
-                    outcome = _Outcome(decision.generation, "answer", decision.reject_prob, decide_ms)
+            decision = await self._decide(handoff, live, stream, started)
+            if decision.reject:
+                targets = self.routing.targets(handoff, self.card, live, skip=decision.skip)
+                if await self._hand_off(handoff, self._hop(started, decision), targets):
+                    return
+                self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
+                decision = await self.policy.answer(self.backend, handoff.query, stream and stream.send, rejected=decision)
         except PromptTooLongError as exc:
-            await self._send(query, Error.of(ErrorCode.TOO_LARGE, str(exc), query.id, query.path))
+            await self._fail(handoff, ErrorCode.TOO_LARGE, str(exc))
             return
+        await self._deliver(handoff, decision, stream, started)
+
+    async def _decide(self, handoff: HandOff, live: list[NodeCard], stream: _ChunkStream | None, started: float) -> Decision:
+        """The policy's decision, timed; with no peer left to take the query, its answer for certain."""
+        sink = stream.send if stream else None
+        if not self.routing.targets(handoff, self.card, live):
+            return await self.policy.answer(self.backend, handoff.query, sink)
+        decision = await self.policy.decide(self.backend, handoff.query, sink)
+        return replace(decision, decide_ms=(time.perf_counter() - started) * 1000.0)
+
+    async def _deliver(self, handoff: HandOff, decision: Decision, stream: _ChunkStream | None, started: float) -> None:
+        """Send the answer (after any streamed Chunks), or `deadline_exceeded` when it came too late."""
         if stream is not None:
             await stream.flush()
-        if outcome.generation.finish_reason == "deadline" or query.expired():
-            await self._send(query, Error.of(ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed during generation", query.id, query.path))
+        generation = decision.generation
+        if generation.finish_reason == "deadline" or handoff.query.expired():
+            await self._fail(handoff, ErrorCode.DEADLINE_EXCEEDED, "the query's deadline passed during generation")
             return
-        hop = self._hop(outcome.decision, outcome.generation, started, outcome.reject_prob, outcome.decide_ms)
-        path = [*query.path, hop]
+        hop = self._hop(started, decision)
+        path = [*handoff.path, hop]
         answer = Answer(
-            id=query.id,
-            text=outcome.generation.text,
+            id=handoff.query.id,
+            text=generation.text,
             model=self.card.model_key,
             node_id=self.card.node_id,
             path=path,
@@ -347,38 +349,34 @@ class Node:
             completion_tokens=sum(h.completion_tokens for h in path),
         )
         self.stats.answered += 1
-        self.stats.by_decision[outcome.decision] = self.stats.by_decision.get(outcome.decision, 0) + 1
-        self._log.info("answered", decision=outcome.decision, hops=len(path), ms=round(hop.ms, 1))
-        await self._send(query, answer)
+        self.stats.by_decision[decision.name] = self.stats.by_decision.get(decision.name, 0) + 1
+        self._log.info("answered", decision=decision.name, hops=len(path), ms=round(hop.ms, 1))
+        await self._send(handoff, answer)
 
-    def _hop(
-        self,
-        decision: str,
-        generation: Generation | None,
-        started: float,
-        reject_prob: float | None,
-        decide_ms: float | None = None,
-        prompt_tokens: int = 0,
-    ) -> Hop:
+    def _hop(self, started: float, decision: Decision | None = None) -> Hop:
+        """This node's step on the path: its decision, or ``overflow`` (passed on without deciding)."""
+        me = {"node_id": self.card.node_id, "model": self.card.model_key, "ms": (time.perf_counter() - started) * 1000.0}
+        if decision is None:
+            return Hop(**me, decision="overflow")
+        generation = decision.generation
         return Hop(
-            node_id=self.card.node_id,
-            model=self.card.model_key,
-            decision=decision,
-            reject_prob=reject_prob,
-            ms=(time.perf_counter() - started) * 1000.0,
-            decide_ms=decide_ms,
-            prompt_tokens=generation.prompt_tokens if generation else prompt_tokens,
+            **me,
+            decision=decision.name,
+            reject_prob=decision.reject_prob,
+            decide_ms=decision.decide_ms,
+            prompt_tokens=generation.prompt_tokens if generation else decision.prompt_tokens,
             completion_tokens=generation.completion_tokens if generation else 0,
         )
 
-    async def _hand_off(self, query: Query, hop: Hop, targets) -> bool:  # noqa: ANN001
+    # --- carrying it out: hand-off, final message ----------------------------------------------
+
+    async def _hand_off(self, handoff: HandOff, hop: Hop, targets: list[Target]) -> bool:
         """Give the query to the first target that confirms it; False if none did."""
-        forwarded = query.model_copy(update={"path": [*query.path, hop]})
-        payload = encode(forwarded)
+        payload = encode(handoff.then(hop))
         for target in targets:
-            if query.expired():
+            if handoff.query.expired():
                 return False
-            timeout = min(self.settings.handoff_timeout_s, max(query.deadline - time.time(), 0.05))
+            timeout = min(self.settings.handoff_timeout_s, max(handoff.query.deadline - time.time(), 0.05))
             try:
                 reply = await self.nc.request(target.subject, payload, timeout=timeout)
             except NoRespondersError:
@@ -391,20 +389,23 @@ class Node:
                 self._log.warning("peer_denied", target=target.model_key, error=str(exc))
                 continue
             if reply.data == HANDOFF_ACCEPTED:
-                self._release(query)  # the receiver holds it now and sends the heartbeats
+                self._release(handoff)  # the receiver holds it now and sends the heartbeats
                 self.stats.forwarded += 1
                 self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
                 return True
             self._log.info("peer_refused", target=target.model_key)
         return False
 
-    async def _send(self, query: Query, message: Answer | Error) -> None:
-        self._release(query)  # no heartbeat after the final message
+    async def _fail(self, handoff: HandOff, code: ErrorCode, message: str) -> None:
+        await self._send(handoff, Error.of(code, message, handoff.query.id, handoff.path))
+
+    async def _send(self, handoff: HandOff, message: Answer | Error) -> None:
+        self._release(handoff)  # no heartbeat after the final message
         if isinstance(message, Error):
             self.stats.errors += 1
             self._log.info("error_reply", code=message.error.code.value, reason=message.error.message)
         try:
-            await self.nc.publish(query.reply_to, encode(message, query.wire))
+            await self.nc.publish(handoff.reply_to, encode(message, handoff.wire))
         except Exception as exc:
             self._log.warning("reply_failed", error=str(exc))
 

@@ -18,7 +18,7 @@ async def test_a_timed_out_query_is_retried_with_the_same_id(nats_url: str) -> N
     nc = await nats.connect(nats_url)
 
     async def flaky_entry(msg) -> None:  # noqa: ANN001
-        query = decode_query(msg.data, from_client=True)
+        query = decode_query(msg.data)
         seen.append(query.id)
         if len(seen) > 1:
             await msg.respond(encode(Answer(id=query.id, text="ok", model="m", node_id="n", path=[])))

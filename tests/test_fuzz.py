@@ -35,14 +35,18 @@ from disrouter.mesh.protocol import (
     MAX_PAYLOAD_BYTES,
     MAX_TOKENS_LIMIT,
     Error,
+    ROUTING_FIELDS,
     ErrorCode,
+    HandOff,
     Hop,
     ProtocolError,
     Query,
+    decode_inbound,
     decode_query,
     decode_reply,
     encode,
     query_id_of,
+    wire_format_of,
 )
 from disrouter.node.prompts import REJECT_PHRASE
 
@@ -54,7 +58,7 @@ SURROGATES_REJECTED = True
 
 EXAMPLES = int(os.environ.get("DISROUTER_HYPOTHESIS_EXAMPLES", "300"))
 FUZZ_CASES = int(os.environ.get("DISROUTER_FUZZ_CASES", "10000"))
-QUERY_FIELDS = sorted(Query.model_fields) + ["question", "error", "chunk", "text", "node_id"]
+QUERY_FIELDS = sorted(Query.model_fields) + list(ROUTING_FIELDS) + ["question", "error", "chunk", "text", "node_id"]
 
 fuzz_settings = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -99,9 +103,8 @@ queries = st.builds(
     max_hops=st.integers(1, MAX_HOPS_LIMIT),
     deadline=st.none() | st.floats(0, 4e9),
     stream=st.booleans(),
-    path=st.lists(hops, max_size=4),
-    reply_to=st.none() | st.text(min_size=1, max_size=40),
 )
+handoffs = st.builds(HandOff, query=queries, path=st.lists(hops, max_size=4), reply_to=st.text(min_size=1, max_size=40))
 # Maps shaped like queries: right field names, anything as values (often almost right).
 query_like = st.fixed_dictionaries(
     {"messages": messages | msgpack_values},
@@ -109,15 +112,15 @@ query_like = st.fixed_dictionaries(
 )
 
 
-def _decode_query_or_protocol_error(payload: bytes, from_client: bool) -> Query | None:
+def _decode_query_or_protocol_error(payload: bytes, from_client: bool) -> Query | HandOff | None:
     try:
-        query = decode_query(payload, from_client=from_client)
+        query = decode_inbound(payload, from_client=from_client)
     except ProtocolError as exc:
         assert isinstance(exc.code, ErrorCode) and exc.message
         return None
     # Whatever was accepted can be sent on: forwarded (msgpack) and answered (its own format).
     encode(query)
-    encode(query, query.wire)
+    encode(query, query.wire if isinstance(query, HandOff) else wire_format_of(payload))
     return query
 
 
@@ -182,15 +185,15 @@ def test_decode_reply_raises_only_protocol_errors() -> None:
 
 
 @fuzz_settings
-@given(queries, st.sampled_from(["msgpack", "json"]))
-def test_valid_queries_round_trip(query: Query, wire: str) -> None:
-    payload = encode(query, wire)
-    inside = decode_query(payload, from_client=False)
-    assert inside.model_dump() == query.model_dump()
+@given(queries | handoffs, st.sampled_from(["msgpack", "json"]))
+def test_valid_queries_round_trip(sent: Query | HandOff, wire: str) -> None:
+    payload = encode(sent, wire)
+    inside = decode_inbound(payload, from_client=False)
+    assert inside.model_dump() == sent.model_dump()
 
-    from_client = decode_query(payload, from_client=True)
-    assert from_client.path == [] and from_client.reply_to is None and from_client.wire == wire
-    assert from_client.model_dump(exclude={"path", "reply_to", "wire"}) == query.model_dump(exclude={"path", "reply_to", "wire"})
+    from_client = decode_inbound(payload, from_client=True)  # a client's routing state (path, reply_to, wire) is dropped
+    assert isinstance(from_client, Query) and wire_format_of(payload) == wire
+    assert from_client.model_dump() == (sent.query if isinstance(sent, HandOff) else sent).model_dump()
 
 
 def test_query_ids_named_in_errors_can_be_encoded_for_plain_ids() -> None:
@@ -203,14 +206,14 @@ def test_query_ids_named_in_errors_can_be_encoded_for_plain_ids() -> None:
 def test_a_lone_surrogate_id_still_gets_an_error_reply() -> None:
     payload = b'{"id": "\\ud800", "messages": []}'
     with pytest.raises(ProtocolError):
-        decode_query(payload, from_client=True)
+        decode_query(payload)
     encode(Error.of(ErrorCode.INVALID_QUERY, "x", query_id_of(payload)), "json")
 
 
 @pytest.mark.xfail(not SURROGATES_REJECTED, strict=True, reason="decode_query accepts lone surrogates in message content; forwarding it fails")
 def test_lone_surrogates_in_content_are_an_invalid_query() -> None:
     with pytest.raises(ProtocolError) as caught:
-        decode_query(b'{"messages": [{"role": "user", "content": "a\\udc80b"}]}', from_client=True)
+        decode_query(b'{"messages": [{"role": "user", "content": "a\\udc80b"}]}')
     assert caught.value.code == ErrorCode.INVALID_QUERY
 
 

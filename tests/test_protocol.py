@@ -6,9 +6,22 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from pydantic import ValidationError
 
 from disrouter.mesh.membership import NodeCard
-from disrouter.mesh.protocol import Answer, ErrorCode, Hop, ProtocolError, Query, decode_query, decode_reply, encode
+from disrouter.mesh.protocol import (
+    Answer,
+    ErrorCode,
+    HandOff,
+    Hop,
+    ProtocolError,
+    Query,
+    decode_inbound,
+    decode_query,
+    decode_reply,
+    encode,
+    wire_format_of,
+)
 from disrouter.mesh.subjects import Subjects
 from disrouter.mesh.topology import TopologyError, load_topology
 from disrouter.node.prompts import REJECT_PHRASE, is_reject, scenario_instruction, with_scenario
@@ -17,16 +30,18 @@ from disrouter.topologies import topology_path
 
 
 def test_a_minimal_json_query_gets_every_default() -> None:
-    query = decode_query(b'{"messages": [{"role": "user", "content": "hi"}]}', from_client=True)
+    payload = b'{"messages": [{"role": "user", "content": "hi"}]}'
+    query = decode_query(payload)
 
-    assert query.wire == "json" and query.scenario == "balance" and query.alpha == 0.5
-    assert query.id and query.max_hops == 8 and query.path == [] and query.reply_to is None
+    assert wire_format_of(payload) == "json" and query.scenario == "balance" and query.alpha == 0.5
+    assert query.id and query.max_hops == 8 and not {"path", "reply_to", "wire"} & set(query.model_dump())
 
 
 def test_the_question_shorthand_and_a_numeric_alpha_are_accepted() -> None:
-    query = decode_query(msgpack.packb({"question": "hi", "scenario": 0.3}), from_client=True)
+    payload = msgpack.packb({"question": "hi", "scenario": 0.3})
+    query = decode_query(payload)
 
-    assert query.messages[0].content == "hi" and query.alpha == 0.3 and query.wire == "msgpack"
+    assert query.messages[0].content == "hi" and query.alpha == 0.3 and wire_format_of(payload) == "msgpack"
 
 
 @pytest.mark.parametrize("wire", ["json", "msgpack"])
@@ -40,13 +55,27 @@ def test_answers_round_trip_in_both_formats(wire: str) -> None:
 def test_routing_state_from_a_client_is_discarded_but_kept_between_nodes() -> None:
     payload = msgpack.packb({"messages": [{"role": "user", "content": "hi"}], "reply_to": "x", "path": []})
 
-    assert decode_query(payload, from_client=True).reply_to is None
-    assert decode_query(payload, from_client=False).reply_to == "x"
+    assert isinstance(decode_inbound(payload, from_client=True), Query)  # reply_to dropped
+    assert decode_inbound(payload, from_client=False).reply_to == "x"
+
+
+def test_a_handoff_is_the_query_plus_three_keys_on_the_wire_and_is_never_changed_in_place() -> None:
+    query = Query(id="q", messages=[{"role": "user", "content": "hi"}], deadline=5.0)
+    handoff = HandOff(query=query, reply_to="_INBOX.c.0", wire="json")
+    hop = Hop(node_id="n", model="m", decision="reject", ms=1)
+
+    forwarded = handoff.then(hop)
+    flat = msgpack.unpackb(encode(forwarded))
+    assert flat == {**query.model_dump(mode="json"), "path": [hop.model_dump(mode="json")], "reply_to": "_INBOX.c.0", "wire": "json"}
+    assert decode_inbound(encode(forwarded), from_client=False) == forwarded
+    assert handoff.path == [] and query.with_deadline(60) is query
+    with pytest.raises(ValidationError):
+        query.id = "changed"
 
 
 def test_a_non_map_payload_is_a_bad_request() -> None:
     with pytest.raises(ProtocolError) as err:
-        decode_query(b"[1, 2]", from_client=True)
+        decode_query(b"[1, 2]")
     assert err.value.code is ErrorCode.BAD_REQUEST
 
 
@@ -99,15 +128,30 @@ def _card(key: str, cost: float) -> NodeCard:
 
 def test_the_cascade_targets_stronger_unvisited_models_cheapest_first() -> None:
     me, cheaper, mid, mid_replica, top = _card("me", 0.3), _card("c", 0.1), _card("mid", 0.5), _card("mid", 0.5), _card("top", 0.9)
-    query = Query(messages=[{"role": "user", "content": "q"}], path=[Hop(node_id="x", model="mid", decision="reject", ms=1)])
+    query = Query(messages=[{"role": "user", "content": "q"}])
+    handoff = HandOff(query=query, path=[Hop(node_id="x", model="mid", decision="reject", ms=1)], reply_to="r")
     routing = CascadeRouting(Subjects("p"))
 
-    assert [t.model_key for t in routing.targets(query, me, [top, mid, mid_replica, cheaper, me])] == ["top"]
-    assert [t.subject for t in routing.targets(Query(messages=query.messages), me, [top, mid, mid_replica])] == ["p.model.mid", "p.model.top"]
+    assert [t.model_key for t in routing.targets(handoff, me, [top, mid, mid_replica, cheaper, me])] == ["top"]
+    assert [t.subject for t in routing.targets(HandOff(query=query, reply_to="r"), me, [top, mid, mid_replica])] == ["p.model.mid", "p.model.top"]
 
 
 def test_a_peer_list_keeps_its_order_and_skips_visited_models() -> None:
-    query = Query(messages=[{"role": "user", "content": "q"}], path=[Hop(node_id="x", model="b", decision="reject", ms=1)])
+    query = Query(messages=[{"role": "user", "content": "q"}])
+    handoff = HandOff(query=query, path=[Hop(node_id="x", model="b", decision="reject", ms=1)], reply_to="r")
     routing = PeerListRouting(Subjects(), ["c", "b", "me", "a"])
 
-    assert [t.model_key for t in routing.targets(query, _card("me", 0.5), [])] == ["c", "a"]
+    assert [t.model_key for t in routing.targets(handoff, _card("me", 0.5), [])] == ["c", "a"]
+
+
+def test_routing_owns_the_order_skip_to_the_strongest_overflow_to_replicas_and_the_hop_limit() -> None:
+    me, busy, idle, mid, top = _card("me", 0.3), _card("me", 0.3), _card("me", 0.3), _card("mid", 0.5), _card("top", 0.9)
+    busy.node_id, busy.load, idle.node_id, idle.load = "me-busy", 5, "me-idle", 1
+    handoff = HandOff(query=Query(messages=[{"role": "user", "content": "q"}], max_hops=2), reply_to="r")
+    routing = CascadeRouting(Subjects("p"))
+    live = [top, busy, mid, idle, me]
+
+    assert [t.model_key for t in routing.targets(handoff, me, live, skip=True)] == ["top", "mid"]
+    assert [t.subject for t in routing.overflow_targets(handoff, me, live)] == ["p.node.me-idle", "p.node.me-busy", "p.model.mid", "p.model.top"]
+    at_limit = handoff.then(Hop(node_id="x", model="c", decision="reject", ms=1))
+    assert routing.targets(at_limit, me, live) == [] and routing.overflow_targets(at_limit, me, live) == []

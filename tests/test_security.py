@@ -247,7 +247,7 @@ async def serve_answers(url: str, auth: NatsAuth) -> NATS:
     nc = await connect(url, auth=auth)
 
     async def answer(msg) -> None:  # noqa: ANN001
-        query = decode_query(msg.data, from_client=True)
+        query = decode_query(msg.data)
         await msg.respond(encode(Answer(id=query.id, text="ok", model="m", node_id="stand-in", path=[])))
 
     await nc.subscribe(SUBJECTS.ingress, cb=answer)

@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from disrouter.mesh.protocol import Query
 from disrouter.node.backends import load_backend
-from disrouter.node.policies import answer_forced
+from disrouter.node.policies import AlwaysPolicy
 from disrouter.training.graders import grade
 from disrouter.training.tasks import Task
 
@@ -72,7 +72,7 @@ async def _answer_all(folder: Path, tasks: list[Task], max_tokens: int, in_fligh
         async with gate:
             started = time.perf_counter()
             query = Query(messages=task.prompt_messages(), max_tokens=max_tokens, temperature=0.0)
-            generation = await answer_forced(backend, query)
+            generation = (await AlwaysPolicy().answer(backend, query)).generation  # no scenario, reject phrase suppressed
             ms = (time.perf_counter() - started) * 1000
         progress.advance(job)
         return Label(task.id, generation.text, grade(task, generation.text), generation.prompt_tokens, generation.completion_tokens, ms)
