@@ -149,6 +149,7 @@ class TransformersBackend(Backend):
         self._stop_ids = {t for t in ([eos] if isinstance(eos, int) else list(eos or [])) + [tokenizer.eos_token_id] if t is not None}
         self.batches_run = 0  # for tests and benchmarks: how many generate calls served the rows
         self._prefixes = _PrefixCache()
+        self.prefix_cache = True  # score with cached KV of shared chat prefixes (`bench perf` also measures without)
 
     @classmethod
     def load(cls, source: ModelSource, device: str | None = None, concurrency: int = 2, max_batch: int = 16) -> "TransformersBackend":
@@ -303,7 +304,7 @@ class TransformersBackend(Backend):
         if not continuation_ids:
             return 0.0, len(prompt_ids)
         ids = prompt_ids + continuation_ids
-        prefix_ids = self._shared_prefix(messages, prompt_ids)
+        prefix_ids = self._shared_prefix(messages, prompt_ids) if self.prefix_cache else []
         with torch.inference_mode():
             cache = self._prefix_cache(prefix_ids) if prefix_ids else None
             start = len(prefix_ids) if cache is not None else 0
