@@ -16,7 +16,8 @@ the phrase and was trained without them, and both `generate` and `probe` then pr
 A node forwards when P(reject phrase | prompt) exceeds ``threshold(alpha)`` and skips straight
 to the strongest live peer when it exceeds ``skip_threshold(alpha)``. Between the listed alphas
 thresholds are interpolated linearly; outside them the nearest is used. Without a file the
-defaults below apply.
+defaults below apply. A reject threshold of 0 (reject every query) or 1 (answer every query) is
+degenerate: loading such a file logs a warning naming the alphas.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import json
 from bisect import bisect_left
 from pathlib import Path
 
+import structlog
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+log = structlog.get_logger("disrouter.node.calibration")
 
 CALIBRATION_FILENAME = "disrouter-calibration.json"
 DEFAULT_THRESHOLD = 0.5
@@ -69,6 +73,10 @@ class Calibration(BaseModel):
     def skip_threshold(self, alpha: float) -> float:
         return _interpolate(self.skip_thresholds, alpha)
 
+    def degenerate(self) -> dict[float, float]:
+        """The alphas whose reject threshold is 0 (reject everything) or 1 (answer everything)."""
+        return {alpha: threshold for alpha, threshold in self.thresholds.items() if threshold in (0.0, 1.0)}
+
 
 def load_calibration(path: str | Path | None, model_folder: Path | None = None) -> Calibration:
     """The file at ``path``, else ``<model_folder>/disrouter-calibration.json``, else defaults."""
@@ -77,8 +85,12 @@ def load_calibration(path: str | Path | None, model_folder: Path | None = None) 
     if path is None:
         return Calibration()
     try:
-        return Calibration.model_validate(json.loads(Path(path).read_text()))
+        calibration = Calibration.model_validate(json.loads(Path(path).read_text()))
     except FileNotFoundError:
         raise CalibrationError(f"calibration file {path} does not exist") from None
     except (json.JSONDecodeError, ValidationError) as exc:
         raise CalibrationError(f"{path}: not a valid calibration file: {str(exc).splitlines()[0]}") from None
+    if calibration.degenerate():
+        log.warning("calibration_degenerate_thresholds", path=str(path), thresholds=calibration.degenerate(),
+                    meaning="0 rejects every query, 1 answers every query at that alpha")
+    return calibration

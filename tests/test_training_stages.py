@@ -10,7 +10,8 @@ import pytest
 
 from disrouter.node.backends import GenerationRequest, load_backend
 from disrouter.node.prompts import REJECT_PHRASE, with_scenario
-from disrouter.training.common import LOG_FILE, MARKER_FILE, TrainingConfigError, finished_model, resume_key
+from disrouter.training.config import TrainingConfigError
+from disrouter.training.output import LOG_FILE, MARKER_FILE, finished_model, resume_key
 from disrouter.training.probe import ProbeRecord, Sample
 from disrouter.training.rl import RLStageConfig, build_rl_prompts, make_reward_function, reward, train_rl
 from disrouter.training.sft import SFTStageConfig, build_sft_examples, train_sft

@@ -1,13 +1,15 @@
 """Calibration for the node's ``probe`` policy: per alpha, the P(reject) thresholds chosen on the
 validation split and written next to the model as ``disrouter-calibration.json``.
 
-The policy rejects when P(reject) > threshold. Per alpha the threshold maximises reject F1 against
-the paper's label (competence < 1 - alpha); ties go to the higher utility (an answered query is
-worth its competence, the expected correctness, and a reject (1 - alpha) ** gamma), then to the
-higher threshold. Candidates are the midpoints between neighbouring observed P(reject) values, plus
+The policy rejects when P(reject) > threshold. Per alpha the threshold maximises the validation
+utility (``objective.utility``: an answered query is worth its competence, the expected
+correctness, and a reject (1 - alpha) ** gamma); ties go to the higher reject F1 against the
+paper's label (a diagnostic, not the objective), then to the higher threshold. Candidates are the midpoints between neighbouring observed P(reject) values, plus
 0 (reject all) and 1 (reject none), so a threshold never sits exactly on a validation value. The
 skip threshold is the smallest candidate at or above the threshold whose rejects are at least 95%
-right (over at least ``min_skip_support`` rejects), else max(threshold, 0.95).
+right (over at least ``min_skip_support`` rejects), else max(threshold, 0.95). A threshold of 0
+(reject everything) or 1 (answer everything) is degenerate: logged here, flagged in the report,
+and logged again by the node that loads it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import structlog
 
+from disrouter.mesh.objective import DEFAULT_GAMMA
 from disrouter.node.calibration import CALIBRATION_FILENAME, DEFAULT_SKIP_THRESHOLD, Calibration
 
-from .common import TrainingConfigError
+from .config import TrainingConfigError
 from .evaluate import AlphaMetrics, EvalRow, ModelEval, decision_metrics
 
 log = structlog.get_logger("disrouter.training.calibrate")
@@ -41,7 +44,7 @@ class ThresholdChoice:
     metrics: AlphaMetrics
 
 
-def threshold_metrics(rows: Iterable[EvalRow], alpha: float, threshold: float, gamma: float = 0.5) -> AlphaMetrics:
+def threshold_metrics(rows: Iterable[EvalRow], alpha: float, threshold: float, gamma: float = DEFAULT_GAMMA) -> AlphaMetrics:
     """Metrics of the probe policy's decisions (reject when P(reject) > ``threshold``) on the scored
     rows of ``alpha``; an answered query is worth its competence (expected correctness)."""
     scored = [row for row in rows if math.isclose(row.alpha, alpha) and row.p_reject is not None]
@@ -57,7 +60,7 @@ def candidate_thresholds(probabilities: Iterable[float]) -> list[float]:
 
 
 def choose_thresholds(
-    rows: Sequence[EvalRow], alpha: float, gamma: float = 0.5, min_skip_support: int = MIN_SKIP_SUPPORT
+    rows: Sequence[EvalRow], alpha: float, gamma: float = DEFAULT_GAMMA, min_skip_support: int = MIN_SKIP_SUPPORT
 ) -> ThresholdChoice:
     """The reject and skip thresholds for ``alpha`` from scored validation ``rows``."""
     scored = [row for row in rows if math.isclose(row.alpha, alpha) and row.p_reject is not None]
@@ -67,7 +70,7 @@ def choose_thresholds(
         )
     candidates = candidate_thresholds(row.p_reject for row in scored)  # type: ignore[misc]
     results = [(threshold, threshold_metrics(scored, alpha, threshold, gamma)) for threshold in candidates]
-    threshold, metrics = max(results, key=lambda item: (item[1].reject_f1, item[1].utility, item[0]))
+    threshold, metrics = max(results, key=lambda item: (round(item[1].utility, 12), item[1].reject_f1, item[0]))
     skip = _skip_threshold(scored, threshold, candidates, min_skip_support)
     return ThresholdChoice(alpha, threshold, skip, metrics)
 
@@ -90,13 +93,16 @@ def calibrate(
         rows: Sequence[EvalRow] = rows_val.rows
     else:
         rows = rows_val
-    gamma = 0.5 if gamma is None else gamma
+    gamma = DEFAULT_GAMMA if gamma is None else gamma
     choices = [choose_thresholds(rows, float(alpha), gamma, min_skip_support) for alpha in alphas]
     for choice in choices:
         log.info(
             "calibration_alpha", alpha=choice.alpha, threshold=round(choice.threshold, 4), skip_threshold=round(choice.skip_threshold, 4),
-            val_reject_f1=round(choice.metrics.reject_f1, 4), val_rows=choice.metrics.n,
+            val_utility=round(choice.metrics.utility, 4), val_reject_f1=round(choice.metrics.reject_f1, 4), val_rows=choice.metrics.n,
         )
+        if choice.threshold in (0.0, 1.0):
+            log.warning("calibration_degenerate_threshold", alpha=choice.alpha, threshold=choice.threshold,
+                        meaning="reject every query" if choice.threshold == 0.0 else "answer every query")
     return Calibration(
         thresholds={choice.alpha: choice.threshold for choice in choices},
         skip_thresholds={choice.alpha: choice.skip_threshold for choice in choices},

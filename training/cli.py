@@ -5,7 +5,7 @@ from __future__ import annotations
 from disrouter.cli.common import fail
 from disrouter.node.backends import ModelNotFoundError
 
-from .common import TrainingConfigError
+from .config import TrainingConfigError
 from .pipeline import Pipeline, TrainConfig
 from .probe import ProbeError
 from .tasks import TaskFileError

@@ -5,7 +5,9 @@ For every probed query and alpha the model answers greedily under the scenario i
 node's ``generate`` policy does) and P(reject phrase | prompt) is read from one prefill (as the
 ``probe`` policy does). The label is the paper's: a reject is right when the BASE model's Stage 0
 competence on the query is below 1 - alpha. Reject precision / recall / F1 treat "reject" as the
-positive class; a ratio with an empty denominator counts as 0 (so every metric is a number).
+positive class; a ratio with an empty denominator counts as 0, except accuracy when answering,
+which is None when nothing was answered. ``base_answers`` gives the always-answer baseline: the
+model's greedy answer to the plain question, as the node's ``always`` policy asks it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from typing import Any
 
 import structlog
 
+from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas, should_reject, utility
 from disrouter.node.backends import BACKENDS, Backend, GenerationRequest, PromptTooLongError, load_backend
-from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas, reject_reward, should_reject
 from disrouter.node.prompts import REJECT_PHRASE, is_reject, with_scenario
 
-from .common import TrainingConfigError, config_from_dict, progress_bar
+from .config import TrainingConfigError, config_from_dict
 from .graders import grade
+from .progress import progress_bar
 from .probe import ProbeRecord
 
 log = structlog.get_logger("disrouter.training.evaluate")
@@ -89,14 +92,14 @@ class AlphaMetrics:
 
     n: int
     answer_rate: float
-    accuracy_answered: float
+    accuracy_answered: float | None  # None: nothing was answered
     accuracy_overall: float
     reject_precision: float
     reject_recall: float
     reject_f1: float
     utility: float
 
-    def to_json(self) -> dict[str, float | int]:
+    def to_json(self) -> dict[str, float | int | None]:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in dataclasses.asdict(self).items()}
 
 
@@ -117,16 +120,16 @@ def decision_metrics(decisions: Iterable[tuple[bool, bool, float]], alpha: float
     return AlphaMetrics(
         n=n,
         answer_rate=_ratio(n - rejects, n),
-        accuracy_answered=_ratio(answered_reward, n - rejects),
+        accuracy_answered=answered_reward / (n - rejects) if n - rejects else None,
         accuracy_overall=_ratio(answered_reward, n),
         reject_precision=precision,
         reject_recall=recall,
         reject_f1=_ratio(2 * precision * recall, precision + recall),
-        utility=_ratio(answered_reward + rejects * reject_reward(alpha, gamma), n),
+        utility=utility([(rejected, reward) for rejected, _, reward in triples], alpha, gamma),
     )
 
 
-def alpha_metrics(rows: Iterable[EvalRow], alpha: float, gamma: float = 0.5) -> AlphaMetrics:
+def alpha_metrics(rows: Iterable[EvalRow], alpha: float, gamma: float = DEFAULT_GAMMA) -> AlphaMetrics:
     """Metrics of the generated answers among ``rows`` under ``alpha`` (rows of other alphas are ignored)."""
     picked = [row for row in rows if math.isclose(row.alpha, alpha) and row.rejected is not None]
     return decision_metrics(((bool(r.rejected), r.should_reject, float(bool(r.correct))) for r in picked), alpha, gamma)
@@ -159,11 +162,12 @@ class ModelEval:
 
 
 async def _evaluate_one(
-    backend: Backend, record: ProbeRecord, alpha: float, config: EvalStageConfig, demonstrations: bool, generate: bool
+    backend: Backend, record: ProbeRecord, alpha: float, config: EvalStageConfig, demonstrations: bool, generate: bool, instruction: bool
 ) -> EvalRow:
-    chat = with_scenario(record.task.prompt_messages(), alpha, demonstrations=demonstrations)
+    plain = record.task.prompt_messages()
+    chat = with_scenario(plain, alpha, demonstrations=demonstrations) if instruction else plain
     p_reject = None
-    if "score" in backend.capabilities:
+    if instruction and "score" in backend.capabilities:
         logprob, _ = await backend.continuation_logprob(chat, REJECT_PHRASE)
         p_reject = math.exp(logprob)
     text = rejected = correct = None
@@ -174,6 +178,12 @@ async def _evaluate_one(
     return EvalRow(record.id, alpha, record.competence, rejected, correct, p_reject, text)
 
 
+async def open_backend(model: str | Path, config: EvalStageConfig) -> Backend:
+    """The backend the eval config names, loaded with ``model`` (the caller closes it)."""
+    options = {"max_batch": config.max_batch} | config.backend_options
+    return await asyncio.to_thread(load_backend, config.backend, str(model), **options)
+
+
 async def evaluate_model(
     model: str | Path,
     records: Sequence[ProbeRecord],
@@ -182,16 +192,16 @@ async def evaluate_model(
     progress: bool = True,
     generate: bool = True,
     backend: Backend | None = None,
+    instruction: bool = True,
 ) -> ModelEval:
     """Evaluate ``model`` on ``records`` under every alpha of ``config``; ``generate=False`` only
-    measures P(reject) (enough to calibrate). Loads the model unless ``backend`` is given (then the
-    caller closes it)."""
+    measures P(reject) (enough to calibrate); ``instruction=False`` asks the plain question (no
+    scenario, no P(reject)). Loads the model unless ``backend`` is given (then the caller closes it)."""
     started = time.perf_counter()
     owned = backend is None
     if backend is None:
-        options = {"max_batch": config.max_batch} | config.backend_options
-        backend = await asyncio.to_thread(load_backend, config.backend, str(model), **options)
-    if "score" not in backend.capabilities:
+        backend = await open_backend(model, config)
+    if instruction and "score" not in backend.capabilities:
         log.warning("eval_no_reject_probability", backend=backend.kind, reason="the backend cannot score continuations")
     jobs = [(record, alpha) for alpha in config.alphas for record in records]
     log.info("eval_start", model=str(model), queries=len(records), alphas=config.alphas, generate=generate, demonstrations=demonstrations)
@@ -205,7 +215,7 @@ async def evaluate_model(
             async def run(record: ProbeRecord, alpha: float) -> None:
                 async with slots:
                     try:
-                        rows.append(await _evaluate_one(backend, record, alpha, config, demonstrations, generate))
+                        rows.append(await _evaluate_one(backend, record, alpha, config, demonstrations, generate, instruction))
                     except PromptTooLongError as exc:
                         log.warning("eval_query_skipped", id=record.id, alpha=alpha, reason=str(exc))
                         skipped.add(record.id)
@@ -225,6 +235,15 @@ async def evaluate_model(
     rows.sort(key=lambda row: order[(row.alpha, row.id)])
     seconds = round(time.perf_counter() - started, 2)
     result = ModelEval(str(model), demonstrations, list(config.alphas), config.gamma, rows, sorted(skipped), seconds)
-    for alpha, metrics in result.metrics().items():
+    for alpha, metrics in result.metrics().items() if instruction else ():
         log.info("eval_alpha", model=str(model), alpha=alpha, **metrics.to_json())
     return result
+
+
+async def base_answers(
+    model: str | Path, records: Sequence[ProbeRecord], config: EvalStageConfig, progress: bool = True, backend: Backend | None = None
+) -> dict[str, bool]:
+    """Whether ``model``'s greedy answer to each plain question is right (the always-answer baseline)."""
+    once = dataclasses.replace(config, alphas=config.alphas[:1])  # the plain question does not depend on alpha
+    result = await evaluate_model(model, records, once, demonstrations=False, progress=progress, backend=backend, instruction=False)
+    return {row.id: bool(row.correct) for row in result.rows}

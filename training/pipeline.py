@@ -25,7 +25,7 @@ import structlog
 from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
 from disrouter.mesh.yamlfile import read_yaml_mapping
 
-from .common import TrainingConfigError
+from .config import TrainingConfigError
 from .probe import ProbeConfig, load_records, run_probe
 from .splits import DEFAULT_FRACTIONS, select
 from .synthetic import write_synthetic
@@ -160,13 +160,22 @@ class Pipeline:
         calibration = calibrate(calibration_rows, stage.alphas, stage.gamma)
         write_calibration(calibration, trained_folder)
         trained = asyncio.run(evaluate_model(trained_folder, test, stage, demonstrations=False, progress=self.progress))
-        baseline = (
-            asyncio.run(evaluate_model(self.config.model, test, stage, demonstrations=True, progress=self.progress))
-            if stage.baseline else None
-        )
+        prompted, base_correct = asyncio.run(self._base_model_eval(stage, test)) if stage.baseline else (None, None)
         meta = {"base_model": self.config.model, "trained_model": str(trained_folder), "stages": list(self.config.stages),
                 "queries": {split: len(self.records(split)) for split in ("train", "val", "test")}}
-        write_report(self.out, trained, baseline, calibration, meta)
+        write_report(self.out, trained, prompted, calibration, meta, base_correct)
+
+    async def _base_model_eval(self, stage: Any, test: list) -> tuple[Any, dict[str, bool]]:
+        """The base model on the test queries, loaded once: prompted with demonstrations under each
+        scenario, and its greedy answers to the plain questions (the always-answer baseline)."""
+        from .evaluate import base_answers, evaluate_model, open_backend
+
+        backend = await open_backend(self.config.model, stage)
+        try:
+            prompted = await evaluate_model(self.config.model, test, stage, demonstrations=True, progress=self.progress, backend=backend)
+            return prompted, await base_answers(self.config.model, test, stage, progress=self.progress, backend=backend)
+        finally:
+            await backend.close()
 
     # --- inputs and outputs -------------------------------------------------------------------
 

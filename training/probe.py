@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from disrouter.node.backends import BACKENDS, Backend, Generation, GenerationRequest, PromptTooLongError, load_backend
 from disrouter.node.prompts import is_reject
 
-from .common import progress_bar
+from .progress import progress_bar
 from .graders import grade
 from .tasks import FORMATS, Task, load_task_file
 

@@ -1,9 +1,12 @@
 """The evaluation report: ``report.json``, ``report.md``, ``eval-rows.jsonl`` and PNG plots in ``out_dir``.
 
-``report.json`` holds per-alpha metrics of the trained model (``alphas``) and the untrained,
-prompted baseline (``baseline``, or null), the probe policy's decisions at the calibrated
-thresholds on the same test queries (``probe_policy``), the calibration file's content, the
-verdict issue 4 asks for, and the caller's ``meta``.
+``report.json`` holds, per alpha, the trained model's metrics (``alphas``), the untrained
+model prompted with demonstrations (``baseline``, or null), the trivial baselines on the same
+test queries (``baselines``: always reject, always answer, random at the trained answer rate,
+oracle; see ``baselines.py``), the probe policy at the calibrated thresholds (``probe_policy``),
+the calibration file's content with its degenerate thresholds, the verdict (``verdict``: does
+the trained model's utility beat each baseline per alpha, does its answer rate move with
+alpha), and the caller's ``meta``. The headline figure is utility (``objective.utility``).
 """
 
 from __future__ import annotations
@@ -11,28 +14,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 import structlog
 
+from disrouter.mesh.objective import reject_reward
 from disrouter.node.calibration import Calibration
 
+from .baselines import BASELINES, baseline_metrics
 from .calibrate import threshold_metrics
-from .evaluate import EvalRow, ModelEval
+from .evaluate import AlphaMetrics, EvalRow, ModelEval
 
 log = structlog.get_logger("disrouter.training.report")
 
+UTILITY_PLOT = "utility_vs_alpha.png"
 REJECT_PLOT = "reject_rate_vs_competence.png"
 RELIABILITY_PLOT = "p_reject_reliability.png"
 ROWS_FILE = "eval-rows.jsonl"
 RELIABILITY_BINS = 10
 METRIC_COLUMNS = [
-    ("n", "n"), ("answer_rate", "answer rate"), ("accuracy_answered", "acc. answered"), ("accuracy_overall", "acc. overall"),
-    ("reject_precision", "reject P"), ("reject_recall", "reject R"), ("reject_f1", "reject F1"), ("utility", "utility"),
+    ("utility", "utility"), ("answer_rate", "answer rate"), ("accuracy_answered", "acc. answered"), ("accuracy_overall", "acc. overall"),
+    ("reject_precision", "reject P"), ("reject_recall", "reject R"), ("reject_f1", "reject F1"), ("n", "n"),
 ]
+POLICY_NAMES = {"trained": "trained", "prompted_base": "prompted base (demonstrations)", "always_reject": "always reject",
+                "always_answer": "always answer (base)", "random": "random, same answer rate", "oracle": "oracle (base)"}
+PRACTICAL = ("prompted_base", "always_reject", "always_answer", "random")
+"""The baselines a useful trained model beats; the oracle is the ceiling, shown for scale."""
+ANSWER_RATE_MOVE = 0.05
+"""The rise in answer rate from the lowest to the highest alpha that counts as moving with alpha."""
 
 
 def alpha_key(alpha: float) -> str:
@@ -84,40 +96,67 @@ def _probe_policy(trained: ModelEval, calibration: Calibration) -> dict[str, dic
             continue
         threshold = calibration.threshold(alpha)
         metrics = threshold_metrics(rows, alpha, threshold, trained.gamma).to_json()
+        rejected = reject_reward(alpha, trained.gamma)
         extra = {
             "threshold": threshold, "skip_threshold": calibration.skip_threshold(alpha),
             "auroc": auroc(rows), "ece": calibration_error(rows),
+            # the same valuation (an answer is worth its competence) for the trivial policies:
+            "always_reject_utility": rejected, "always_answer_utility": mean(row.competence for row in rows),
+            "oracle_utility": mean(max(row.competence, rejected) for row in rows),
         }
         result[alpha_key(alpha)] = metrics | {key: None if value is None else round(value, 4) for key, value in extra.items()}
     return result
 
 
-def _verdict(trained: ModelEval, baseline: ModelEval | None) -> dict[str, Any] | None:
-    """Trained reject F1 against the baseline's, and trained accuracy when answering against the baseline's overall accuracy."""
-    if baseline is None or not trained.generated or not baseline.generated:
+def policy_metrics(
+    trained: ModelEval, baseline: ModelEval | None, base_correct: Mapping[str, bool] | None
+) -> dict[float, dict[str, AlphaMetrics]]:
+    """Per alpha, every policy's metrics on the test queries: trained, prompted base, the trivial baselines."""
+    if not trained.generated:
+        return {}
+    ours = trained.metrics()
+    theirs = baseline.metrics() if baseline is not None and baseline.generated else {}
+    result = {}
+    for alpha, metrics in ours.items():
+        table = {"trained": metrics} | ({"prompted_base": theirs[alpha]} if alpha in theirs else {})
+        if base_correct:
+            rows = [row for row in trained.rows_for(alpha) if row.rejected is not None]
+            table |= baseline_metrics(rows, base_correct, alpha, trained.gamma, metrics.answer_rate)
+        result[alpha] = table
+    return result
+
+
+def _answered_by_base(trained: ModelEval, base_correct: Mapping[str, bool] | None) -> dict[str, float | None]:
+    """Per alpha, the base model's accuracy on exactly the queries the trained model answered."""
+    result: dict[str, float | None] = {}
+    for alpha in trained.alphas:
+        answered = [row.id for row in trained.rows_for(alpha) if row.rejected is False and base_correct and row.id in base_correct]
+        result[alpha_key(alpha)] = round(mean(float(base_correct[i]) for i in answered), 4) if answered and base_correct else None
+    return result
+
+
+def _verdict(policies: dict[float, dict[str, AlphaMetrics]]) -> dict[str, Any] | None:
+    """Whether the trained model's utility beats each other policy per alpha, and whether its answer rate moves with alpha."""
+    if not policies or len(next(iter(policies.values()))) < 2:
         return None
-    ours, theirs = trained.metrics(), baseline.metrics()
-    alphas = [alpha for alpha in trained.alphas if alpha in theirs]
     per_alpha = {}
-    for alpha in alphas:
-        f1, f1_base = ours[alpha].reject_f1, theirs[alpha].reject_f1
-        acc, acc_base = ours[alpha].accuracy_answered, theirs[alpha].accuracy_overall
+    for alpha, table in policies.items():
+        ours = table["trained"].utility
         per_alpha[alpha_key(alpha)] = {
-            "reject_f1": round(f1, 4), "baseline_reject_f1": round(f1_base, 4), "reject_f1_delta": round(f1 - f1_base, 4),
-            "accuracy_answered": round(acc, 4), "baseline_accuracy_overall": round(acc_base, 4), "accuracy_delta": round(acc - acc_base, 4),
+            "utility": round(ours, 4), "answer_rate": round(table["trained"].answer_rate, 4),
+            "versus": {name: {"utility": round(m.utility, 4), "margin": round(ours - m.utility, 4), "beats": ours > m.utility + 1e-9}
+                       for name, m in table.items() if name != "trained"},
         }
-    f1_mean = mean(ours[a].reject_f1 for a in alphas)
-    f1_base_mean = mean(theirs[a].reject_f1 for a in alphas)
-    acc_mean = mean(ours[a].accuracy_answered for a in alphas)
-    acc_base_mean = mean(theirs[a].accuracy_overall for a in alphas)
+    alphas = sorted(policies)
+    rates = [policies[alpha]["trained"].answer_rate for alpha in alphas]
+    change = rates[-1] - rates[0]
     return {
-        "reject_f1_beats_baseline": f1_mean > f1_base_mean,
-        "reject_f1_mean": round(f1_mean, 4), "baseline_reject_f1_mean": round(f1_base_mean, 4),
-        "reject_f1_delta": round(f1_mean - f1_base_mean, 4),
-        "accuracy_answered_beats_baseline_overall": acc_mean > acc_base_mean,
-        "accuracy_answered_mean": round(acc_mean, 4), "baseline_accuracy_overall_mean": round(acc_base_mean, 4),
-        "accuracy_delta": round(acc_mean - acc_base_mean, 4),
         "per_alpha": per_alpha,
+        "beats_practical_baselines": {alpha_key(a): all(v["beats"] for name, v in per_alpha[alpha_key(a)]["versus"].items() if name in PRACTICAL)
+                                      for a in alphas},
+        "answer_rate_by_alpha": {alpha_key(a): round(r, 4) for a, r in zip(alphas, rates)},
+        "answer_rate_change": round(change, 4),
+        "answer_rate_moves_with_alpha": len(rates) > 1 and change >= ANSWER_RATE_MOVE and all(b >= a - 1e-9 for a, b in zip(rates, rates[1:])),
     }
 
 
@@ -127,38 +166,49 @@ def _base_accuracy(trained: ModelEval) -> float | None:
     return round(mean(competence.values()), 4) if competence else None
 
 
-def write_report(out_dir: Path, trained: ModelEval, baseline: ModelEval | None, calibration: Calibration, meta: dict) -> None:
-    """Write report.json, report.md, eval-rows.jsonl and the PNG plots into ``out_dir``."""
+def write_report(
+    out_dir: Path, trained: ModelEval, baseline: ModelEval | None, calibration: Calibration, meta: dict,
+    base_correct: Mapping[str, bool] | None = None,
+) -> dict[str, Any]:
+    """Write report.json, report.md, eval-rows.jsonl and the PNG plots into ``out_dir``; return the report.
+    ``base_correct`` (query id -> the base model's plain greedy answer is right) enables the trivial baselines."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(out_dir, trained, baseline, calibration)
+    policies = policy_metrics(trained, baseline, base_correct)
     report = {
         "alphas": _metrics_json(trained),
         "baseline": _metrics_json(baseline),
+        "baselines": {alpha_key(a): {name: m.to_json() for name, m in table.items() if name in BASELINES} for a, table in policies.items()}
+        if base_correct else None,
+        "base_accuracy_on_trained_answered": _answered_by_base(trained, base_correct),
         "probe_policy": _probe_policy(trained, calibration),
         "calibration": calibration.model_dump(mode="json"),
-        "verdict": _verdict(trained, baseline),
+        "degenerate_thresholds": {alpha_key(a): t for a, t in calibration.degenerate().items()},
+        "verdict": _verdict(policies),
         "base_accuracy": _base_accuracy(trained),
         "models": {"trained": _model_json(trained), "baseline": None if baseline is None else _model_json(baseline)},
         "gamma": trained.gamma,
-        "plots": plots,
+        "plots": _plots(out_dir, trained, baseline, calibration, policies),
         "meta": meta,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "report.md").write_text(_markdown(report))
-    _write_rows(out_dir / ROWS_FILE, trained, baseline)
-    log.info("report_written", out=str(out_dir), plots=plots)
+    _write_rows(out_dir / ROWS_FILE, trained, baseline, base_correct)
+    log.info("report_written", out=str(out_dir), plots=report["plots"])
+    return report
 
 
 def _model_json(model_eval: ModelEval) -> dict[str, Any]:
     return {key: getattr(model_eval, key) for key in ("model", "demonstrations", "skipped", "seconds")}
 
 
-def _write_rows(path: Path, trained: ModelEval, baseline: ModelEval | None) -> None:
+def _write_rows(path: Path, trained: ModelEval, baseline: ModelEval | None, base_correct: Mapping[str, bool] | None) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for name, model_eval in (("trained", trained), ("baseline", baseline)):
             for row in model_eval.rows if model_eval is not None else []:
                 handle.write(json.dumps({"model": name, **dataclasses.asdict(row), "should_reject": row.should_reject}) + "\n")
+        for query, correct in (base_correct or {}).items():
+            handle.write(json.dumps({"model": "base_plain", "id": query, "correct": correct}) + "\n")
 
 
 # --- markdown -----------------------------------------------------------------------------------
@@ -184,50 +234,59 @@ def _markdown(report: dict[str, Any]) -> str:
     baseline_text = f"`{models['baseline']['model']}` (untrained, prompted with demonstrations)" if models["baseline"] else "not evaluated"
     lines += [
         f"- Trained model: `{models['trained']['model']}` (prompted without demonstrations, as its node prompts)",
-        f"- Baseline: {baseline_text}",
-        f"- Held-out (test) queries; a reject is right when the base model's Stage 0 competence < 1 - alpha; "
-        f"utility = mean reward (1 correct, 0 wrong, (1 - alpha)^{report['gamma']:g} reject).",
+        f"- Prompted base: {baseline_text}",
+        f"- Held-out (test) queries. Headline: utility = mean reward per query (1 correct, 0 wrong, "
+        f"(1 - alpha)^{report['gamma']:g} for a reject). Reject P / R / F1 are diagnostics against the paper's label "
+        "(the base model's Stage 0 competence < 1 - alpha).",
+        "- Trivial baselines on the same queries: always reject; always answer (the base model's greedy answer to the plain "
+        "question); random at the trained model's answer rate (expected value); oracle (answers exactly what the base "
+        "model gets right: the ceiling).",
         f"- Base model accuracy when it answers everything (mean Stage 0 competence, sampled): {_fmt(report['base_accuracy'])}",
     ]
     for key, value in report["meta"].items():
         lines.append(f"- {key}: {json.dumps(value) if isinstance(value, (dict, list)) else _fmt(value)}")
-    lines += ["", "## Verdict", ""] + _verdict_lines(report["verdict"])
-    lines += ["", "## Per scenario (greedy answers under the scenario instruction)", ""] + _metrics_table(report)
+    lines += ["", "## Verdict", ""] + _verdict_lines(report)
+    lines += ["", "## Per scenario (greedy answers; every policy on the same test queries)", ""] + _metrics_table(report)
     lines += ["", "## Probe policy (reject when P(reject) > calibrated threshold; answered queries worth their competence)", ""]
     lines += _probe_table(report["probe_policy"])
-    lines += ["", "## Calibration (chosen on the validation split)", ""] + _calibration_table(report["calibration"])
+    lines += ["", "## Calibration (chosen on the validation split by utility)", ""] + _calibration_table(report)
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in report["plots"]]
     return "\n".join(lines) + "\n"
 
 
-def _verdict_lines(verdict: dict[str, Any] | None) -> list[str]:
+def _verdict_lines(report: dict[str, Any]) -> list[str]:
+    verdict = report["verdict"]
     if verdict is None:
         return ["No baseline was evaluated, so there is no comparison."]
-    f1_word = "beats" if verdict["reject_f1_beats_baseline"] else "does NOT beat"
-    acc_word = "is higher than" if verdict["accuracy_answered_beats_baseline_overall"] else "is NOT higher than"
-    lines = [
-        f"- Reject F1 (mean over alphas): trained {verdict['reject_f1_mean']:.3f} {f1_word} the baseline's "
-        f"{verdict['baseline_reject_f1_mean']:.3f} ({_signed(verdict['reject_f1_delta'])}).",
-        f"- Accuracy when answering (mean over alphas): trained {verdict['accuracy_answered_mean']:.3f} {acc_word} the baseline's "
-        f"overall accuracy {verdict['baseline_accuracy_overall_mean']:.3f} ({_signed(verdict['accuracy_delta'])}).",
-    ]
+    lines = []
     for alpha, row in verdict["per_alpha"].items():
-        lines.append(
-            f"- alpha {alpha}: reject F1 {row['reject_f1']:.3f} vs {row['baseline_reject_f1']:.3f} ({_signed(row['reject_f1_delta'])}); "
-            f"accuracy answered {row['accuracy_answered']:.3f} vs baseline overall {row['baseline_accuracy_overall']:.3f} "
-            f"({_signed(row['accuracy_delta'])})"
-        )
+        beaten = [POLICY_NAMES[name] for name, v in row["versus"].items() if v["beats"]]
+        unbeaten = [f"{POLICY_NAMES[name]} ({v['utility']:.3f})" for name, v in row["versus"].items() if not v["beats"]]
+        word = "beats every practical baseline" if verdict["beats_practical_baselines"][alpha] else "does NOT beat every practical baseline"
+        lines.append(f"- alpha {alpha}: trained utility {row['utility']:.3f} at answer rate {row['answer_rate']:.3f} {word}; "
+                     f"beats: {', '.join(beaten) or 'none'}; not beaten: {', '.join(unbeaten) or 'none'}.")
+        answered_by_base = report["base_accuracy_on_trained_answered"].get(alpha)
+        trained = (report["alphas"] or {}).get(alpha, {})
+        if trained.get("accuracy_answered") is not None:
+            lines.append(f"  - accuracy when answering: trained {trained['accuracy_answered']:.3f}; the base model on the same "
+                         f"queries {_fmt(answered_by_base)}")
+    rates = ", ".join(f"{alpha}: {rate:.3f}" for alpha, rate in verdict["answer_rate_by_alpha"].items())
+    moves = "moves with alpha" if verdict["answer_rate_moves_with_alpha"] else "does NOT move with alpha"
+    lines.append(f"- The trained answer rate {moves} ({rates}; change {_signed(verdict['answer_rate_change'])}, "
+                 f"moving means rising by at least {ANSWER_RATE_MOVE} from the lowest to the highest alpha, never falling).")
+    if report["degenerate_thresholds"]:
+        lines.append(f"- Degenerate probe thresholds (0 rejects everything, 1 answers everything): {report['degenerate_thresholds']}.")
     return lines
 
 
 def _metrics_table(report: dict[str, Any]) -> list[str]:
-    header = "| alpha | model | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |"
+    header = "| alpha | policy | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(METRIC_COLUMNS) + 2)]
-    trained, baseline = report["alphas"] or {}, report["baseline"] or {}
+    trained, baseline, trivial = report["alphas"] or {}, report["baseline"] or {}, report["baselines"] or {}
     for alpha in trained:
-        for name, table in (("trained", trained), ("baseline", baseline)):
-            if alpha in table:
-                lines.append(f"| {alpha} | {name} | " + " | ".join(_fmt(table[alpha][key]) for key, _ in METRIC_COLUMNS) + " |")
+        tables = {"trained": trained[alpha]} | ({"prompted_base": baseline[alpha]} if alpha in baseline else {}) | trivial.get(alpha, {})
+        for name, figures in tables.items():
+            lines.append(f"| {alpha} | {POLICY_NAMES[name]} | " + " | ".join(_fmt(figures[key]) for key, _ in METRIC_COLUMNS) + " |")
     return lines if trained else ["No answers were generated."]
 
 
@@ -235,16 +294,20 @@ def _probe_table(probe: dict[str, dict[str, Any]]) -> list[str]:
     if not probe:
         return ["No P(reject) was measured (the backend cannot score continuations)."]
     keys = [("threshold", "threshold"), ("skip_threshold", "skip"), ("answer_rate", "answer rate"), ("reject_precision", "reject P"),
-            ("reject_recall", "reject R"), ("reject_f1", "reject F1"), ("utility", "expected utility"), ("auroc", "AUROC"), ("ece", "ECE")]
+            ("reject_recall", "reject R"), ("reject_f1", "reject F1"), ("utility", "expected utility"),
+            ("always_reject_utility", "always reject"), ("always_answer_utility", "always answer"), ("oracle_utility", "oracle"),
+            ("auroc", "AUROC"), ("ece", "ECE")]
     lines = ["| alpha | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     lines += [f"| {alpha} | " + " | ".join(_fmt(row[key]) for key, _ in keys) + " |" for alpha, row in probe.items()]
     return lines
 
 
-def _calibration_table(calibration: dict[str, Any]) -> list[str]:
-    lines = ["| alpha | reject threshold | skip threshold |", "|---|---|---|"]
+def _calibration_table(report: dict[str, Any]) -> list[str]:
+    calibration, degenerate = report["calibration"], report["degenerate_thresholds"]
+    lines = ["| alpha | reject threshold | skip threshold | degenerate |", "|---|---|---|---|"]
     for alpha, threshold in calibration["thresholds"].items():
-        lines.append(f"| {alpha} | {threshold:.4f} | {_fmt(calibration['skip_thresholds'].get(alpha))} |")
+        flag = "" if alpha not in degenerate else ("yes: rejects everything" if threshold == 0.0 else "yes: answers everything")
+        lines.append(f"| {alpha} | {threshold:.4f} | {_fmt(calibration['skip_thresholds'].get(alpha))} | {flag or 'no'} |")
     demonstrations = str(calibration["demonstrations"]).lower()
     lines += ["", f"demonstrations: {demonstrations} (written to the model folder as the node's calibration file)"]
     return lines
@@ -264,12 +327,36 @@ def _competence_bins(rows: Sequence[EvalRow]) -> list[tuple[float, float]]:
     return [(mean(r.competence for r in group), mean(float(bool(r.rejected)) for r in group)) for _, group in sorted(grouped.items())]
 
 
-def _plots(out_dir: Path, trained: ModelEval, baseline: ModelEval | None, calibration: Calibration) -> list[str]:
+def _utility_plot(out_dir: Path, policies: dict[float, dict[str, AlphaMetrics]]) -> list[str]:
+    """Utility and answer rate against alpha, one line per policy."""
+    from matplotlib.figure import Figure
+
+    if not policies:
+        return []
+    alphas = sorted(policies)
+    figure = Figure(figsize=(10, 4.2))
+    for axes, key, label in zip(figure.subplots(1, 2), ("utility", "answer_rate"), ("utility (mean reward)", "answer rate")):
+        for i, name in enumerate(POLICY_NAMES):
+            if all(name in policies[alpha] for alpha in alphas):
+                values = [getattr(policies[alpha][name], key) for alpha in alphas]
+                axes.plot(alphas, values, marker="o", color=f"C{i}", linewidth=2.5 if name == "trained" else 1,
+                          linestyle="-" if name == "trained" else "--", label=POLICY_NAMES[name])
+        axes.set(xlabel="alpha (weight of cost)", ylabel=label, xticks=alphas, ylim=(-0.02, 1.02))
+    axes.legend(fontsize="x-small")
+    figure.suptitle("Trained model against the baselines on the test queries", fontsize="medium")
+    figure.tight_layout()
+    figure.savefig(out_dir / UTILITY_PLOT, dpi=110)
+    return [UTILITY_PLOT]
+
+
+def _plots(
+    out_dir: Path, trained: ModelEval, baseline: ModelEval | None, calibration: Calibration, policies: dict[float, dict[str, AlphaMetrics]]
+) -> list[str]:
     from matplotlib.figure import Figure  # the object API draws with Agg and touches no global backend state
 
     evals = [("trained", trained, "-"), *([("baseline", baseline, "--")] if baseline is not None else [])]  # (name, eval, line style)
     colours = {alpha: f"C{i}" for i, alpha in enumerate(trained.alphas)}
-    written = []
+    written = _utility_plot(out_dir, policies)
     generated = [(name, model_eval) for name, model_eval, _ in evals if model_eval.generated]
     if generated:
         figure = Figure(figsize=(5 * len(generated), 4.2))

@@ -8,39 +8,21 @@ Correctness comes from the task graders. Output: ``out_dir/model`` (same contrac
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from disrouter.mesh import objective
 from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
 from disrouter.node.prompts import is_reject, with_scenario
 
-from .common import (
-    TrainingConfigError,
-    compact_progress,
-    config_from_dict,
-    finished_model,
-    load_model_and_tokenizer,
-    lora_config,
-    model_folder,
-    quiet_libraries,
-    resume_key,
-    run_summary,
-    save_model,
-    trainer_settings,
-)
+from .config import TrainingConfigError, config_from_dict
 from .graders import grade
 from .probe import ProbeRecord
+from .stage import TrainingStage
 from .tasks import Task
-
-log = structlog.get_logger("disrouter.training.rl")
-
 
 @dataclass
 class RLStageConfig:
@@ -57,6 +39,7 @@ class RLStageConfig:
     beta: float = 0.0  # KL weight against the starting model (0: no reference model is kept)
     lora: bool = True
     lora_r: int = 16
+    lora_alpha: int = 32
     merge: bool = True
     seed: int = 0
     max_prompts: int | None = None
@@ -79,8 +62,8 @@ class RLStageConfig:
             problems.append("temperature must be within (0, 5]")
         if self.learning_rate <= 0 or self.beta < 0:
             problems.append("learning_rate must be positive and beta not negative")
-        if self.lora_r < 1:
-            problems.append("lora_r must be at least 1")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            problems.append("lora_r and lora_alpha must be at least 1")
         if self.max_prompts is not None and self.max_prompts < 1:
             problems.append("max_prompts must be at least 1")
         if problems:
@@ -144,53 +127,40 @@ def make_reward_function(gamma: float) -> Callable[..., list[float]]:
     return disrouter_reward
 
 
+class RLStage(TrainingStage):
+    """GRPO on the train split's prompts, each repetition drawing a fresh alpha per prompt."""
+
+    name = "rl"
+    progress_keys = ("reward", "reject_rate", "correct_rate", "completions/mean_length", "loss")
+
+    def rows(self) -> list[dict]:
+        config = self.config
+        return build_rl_prompts(self.records, config, count=config.max_steps * config.batch_size // config.num_generations)
+
+    def no_rows_message(self) -> str:
+        return "no training records (the train split is empty)"
+
+    def trl_classes(self) -> tuple[type, type]:
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
+
+    def arguments(self) -> dict[str, Any]:
+        config = self.config
+        return {"max_steps": config.max_steps, "per_device_train_batch_size": config.batch_size, "num_generations": config.num_generations,
+                "max_completion_length": config.max_completion_length, "temperature": config.temperature,
+                "learning_rate": config.learning_rate, "beta": config.beta}
+
+    def trainer_options(self) -> dict[str, Any]:
+        return {"reward_funcs": make_reward_function(self.config.gamma)}
+
+    def summary(self, rows: list[dict], trainer: Any) -> dict[str, Any]:
+        rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+        return {"prompts": len(rows), "mean_reward": round(sum(rewards) / len(rewards), 4) if rewards else None,
+                "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None}
+
+
 def train_rl(config: RLStageConfig, records: list[ProbeRecord], model: str | Path, out_dir: Path, progress: bool = True) -> Path:
     """GRPO-train ``model`` (usually the SFT output) on ``records`` (the train split) and return
-    ``out_dir/model``; a folder a previous run completed with the same settings is returned as is."""
-    out_dir = Path(out_dir)
-    base = model_folder(model)
-    key = resume_key(config, base, [r.id for r in records])
-    done = finished_model(out_dir, key)
-    if done is not None:
-        log.info("rl_resumed", model=str(done))
-        return done
-    rows = build_rl_prompts(records, config, count=config.max_steps * config.batch_size // config.num_generations)
-    if not rows:
-        raise TrainingConfigError("rl: no training records (the train split is empty)")
-    quiet_libraries(progress)
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    network, tokenizer = load_model_and_tokenizer(base)
-    args = GRPOConfig(
-        **trainer_settings(out_dir, config.seed, progress),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        learning_rate=config.learning_rate,
-        beta=config.beta,
-    )
-    trainer = GRPOTrainer(
-        model=network,
-        reward_funcs=make_reward_function(config.gamma),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora_r, 2 * config.lora_r) if config.lora else None,
-    )
-    compact_progress(trainer, ("reward", "reject_rate", "correct_rate", "completions/mean_length", "loss"))
-    log.info("rl_start", prompts=len(rows), base=str(base), lora=config.lora, out=str(out_dir))
-    started = time.perf_counter()
-    trainer.train()
-    history = trainer.state.log_history
-    rewards = [row["reward"] for row in history if "reward" in row]
-    mean_reward = round(sum(rewards) / len(rewards), 4) if rewards else None
-    summary = run_summary("rl", key, trainer, started, prompts=len(rows), mean_reward=mean_reward,
-                          first_reward=rewards[0] if rewards else None, last_reward=rewards[-1] if rewards else None)
-    folder = save_model(trainer.model, tokenizer, out_dir, config.merge, summary)
-    log.info("rl_done", steps=summary["steps"], seconds=summary["seconds"], seconds_per_step=summary["seconds_per_step"],
-             mean_reward=mean_reward, first_reward=summary["first_reward"], last_reward=summary["last_reward"], model=str(folder))
-    return folder
+    ``out_dir/model`` (see TrainingStage.run)."""
+    return RLStage(config, records).run(model, out_dir, progress)

@@ -9,7 +9,6 @@ examples are balanced per alpha; the loss covers the completion only. Output: ``
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,9 @@ import structlog
 from disrouter.mesh.objective import DEFAULT_ALPHAS, check_alphas, should_reject
 from disrouter.node.prompts import REJECT_PHRASE, with_scenario
 
-from .common import (
-    TrainingConfigError,
-    compact_progress,
-    config_from_dict,
-    finished_model,
-    load_model_and_tokenizer,
-    lora_config,
-    model_folder,
-    quiet_libraries,
-    resume_key,
-    run_summary,
-    save_model,
-    trainer_settings,
-)
+from .config import TrainingConfigError, config_from_dict
 from .probe import ProbeRecord
+from .stage import TrainingStage
 
 log = structlog.get_logger("disrouter.training.sft")
 
@@ -140,54 +127,39 @@ def build_sft_examples(records: list[ProbeRecord], config: SFTStageConfig) -> li
     return examples[: config.max_examples] if config.max_examples is not None else examples
 
 
-def train_sft(config: SFTStageConfig, records: list[ProbeRecord], model: str | Path, out_dir: Path, progress: bool = True) -> Path:
-    """Fine-tune ``model`` on ``records`` (the train split) and return ``out_dir/model``; a folder a
-    previous run completed with the same settings is returned without training."""
-    out_dir = Path(out_dir)
-    base = model_folder(model)
-    key = resume_key(config, base, [r.id for r in records])
-    done = finished_model(out_dir, key)
-    if done is not None:
-        log.info("sft_resumed", model=str(done))
-        return done
-    examples = build_sft_examples(records, config)
-    if not examples:
-        raise TrainingConfigError(
-            f"sft: no training examples from {len(records)} records: every alpha lacks accept or reject "
-            "examples (probe more queries, or set balance: false)"
-        )
-    quiet_libraries(progress)
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+class SFTStage(TrainingStage):
+    """SFT on the reject-or-answer examples of the train split (completion-only loss)."""
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    network, tokenizer = load_model_and_tokenizer(base)
-    args = SFTConfig(
-        **trainer_settings(out_dir, config.seed, progress),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        learning_rate=config.learning_rate,
-        max_length=config.max_length,
-        completion_only_loss=True,
-    )
-    trainer = SFTTrainer(
-        model=network,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None,
-    )
-    compact_progress(trainer, ("loss", "learning_rate"))
-    rejects = sum(e["reject"] for e in examples)
-    log.info("sft_start", examples=len(examples), rejects=rejects, base=str(base), lora=config.lora, out=str(out_dir))
-    started = time.perf_counter()
-    trainer.train()
-    summary = run_summary("sft", key, trainer, started, examples=len(examples), reject_examples=rejects)
-    losses = [row["loss"] for row in summary["log_history"] if row.get("loss") is not None]
-    folder = save_model(trainer.model, tokenizer, out_dir, config.merge, summary)
-    log.info("sft_done", steps=summary["steps"], seconds=summary["seconds"], seconds_per_step=summary["seconds_per_step"],
-             first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None, model=str(folder))
-    return folder
+    name = "sft"
+    progress_keys = ("loss", "learning_rate")
+
+    def rows(self) -> list[dict]:
+        return build_sft_examples(self.records, self.config)
+
+    def no_rows_message(self) -> str:
+        return (f"no training examples from {len(self.records)} records: every alpha lacks accept or reject "
+                "examples (probe more queries, or set balance: false)")
+
+    def trl_classes(self) -> tuple[type, type]:
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTConfig, SFTTrainer
+
+    def arguments(self) -> dict[str, Any]:
+        config = self.config
+        return {"num_train_epochs": config.epochs, "max_steps": config.max_steps, "per_device_train_batch_size": config.batch_size,
+                "gradient_accumulation_steps": config.gradient_accumulation, "learning_rate": config.learning_rate,
+                "max_length": config.max_length, "completion_only_loss": True}
+
+    def dataset_rows(self, rows: list[dict]) -> list[dict]:
+        return [{"prompt": row["prompt"], "completion": row["completion"]} for row in rows]
+
+    def summary(self, rows: list[dict], trainer: Any) -> dict[str, Any]:
+        losses = [row["loss"] for row in trainer.state.log_history if row.get("loss") is not None]
+        return {"examples": len(rows), "reject_examples": sum(e["reject"] for e in rows),
+                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+
+
+def train_sft(config: SFTStageConfig, records: list[ProbeRecord], model: str | Path, out_dir: Path, progress: bool = True) -> Path:
+    """Fine-tune ``model`` on ``records`` (the train split) and return ``out_dir/model`` (see TrainingStage.run)."""
+    return SFTStage(config, records).run(model, out_dir, progress)

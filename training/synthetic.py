@@ -4,10 +4,10 @@ Kinds (levels): ``addition`` (1-6: digits per operand), ``multiplication`` (1-6:
 digits), ``capitals`` (1-3: famous, known, obscure countries from a built-in table),
 ``letters`` (1-4: counting a letter in longer and longer words), ``comparison`` (1-4: which of
 two numbers is larger, ending with decimal traps such as 9.11 vs 9.9), ``facts`` (1-2: everyday
-facts a child knows, then school facts), ``successor`` (1-3: the number after a 1-, 2- or 3-digit
-number), ``copy`` (1-2: repeat a word, then name the first word of a short phrase). The last three
-give small models easy queries, so their competence spreads over [0, 1]. Every row carries its
-``difficulty`` level and ``meta.generator``.
+facts a child knows, then school facts), ``opposites`` (1-2: everyday words, then longer ones),
+``copy`` (1-2: repeat one word, then two). The last three give small models easy queries, so
+their competence spreads over [0, 1]. Every row carries its ``difficulty`` level and
+``meta.generator``.
 """
 
 from __future__ import annotations
@@ -130,14 +130,13 @@ def _comparison(rng: random.Random, level: int) -> Item:
 FACTS: dict[int, dict[str, tuple[str, str]]] = {
     1: {
         "How many legs does a dog have?": ("4", "numeric"), "What color is the sky on a clear day?": ("blue", "contains"),
-        "What is the opposite of hot?": ("cold", "contains"), "How many days are in a week?": ("7", "numeric"),
         "What do bees make?": ("honey", "contains"), "Which animal says moo?": ("cow", "contains"),
         "What is frozen water called?": ("ice", "contains"), "How many hours are in a day?": ("24", "numeric"),
         "What color is grass?": ("green", "contains"), "How many months are in a year?": ("12", "numeric"),
         "What planet do we live on?": ("Earth", "contains"), "What color is a ripe banana?": ("yellow", "contains"),
-        "What is the opposite of up?": ("down", "contains"), "How many sides does a triangle have?": ("3", "numeric"),
+        "How many sides does a triangle have?": ("3", "numeric"),
         "What color is snow?": ("white", "contains"), "How many wheels does a bicycle have?": ("2", "numeric"),
-        "What is the opposite of big?": ("small", "contains"), "What do cows drink?": ("water", "contains"),
+        "What do cows drink?": ("water", "contains"),
     },
     2: {
         "Who wrote Romeo and Juliet?": ("Shakespeare", "contains"), "What is the chemical symbol for gold?": ("Au", "contains"),
@@ -151,7 +150,8 @@ FACTS: dict[int, dict[str, tuple[str, str]]] = {
         "On which continent is Egypt?": ("Africa", "contains"), "How many strings does a standard guitar have?": ("6", "numeric"),
     },
 }
-"""Question -> (answer, grader) by difficulty: facts nearly every small chat model knows, then school facts."""
+"""Question -> (answer, grader) by difficulty: facts nearly every small chat model knows, then school
+facts. The node's demonstrations (days in a week) and the opposites are left out."""
 
 
 def _facts(rng: random.Random, level: int) -> Item:
@@ -160,9 +160,21 @@ def _facts(rng: random.Random, level: int) -> Item:
     return Item(question, answer, grader)
 
 
-def _successor(rng: random.Random, level: int) -> Item:
-    number = _digits(rng, level)
-    return Item(f"What number comes right after {number}? Answer with the number.", str(number + 1), "numeric")
+OPPOSITES: dict[int, dict[str, str]] = {
+    1: {"hot": "cold", "up": "down", "big": "small", "day": "night", "yes": "no", "fast": "slow", "happy": "sad",
+        "black": "white", "left": "right", "wet": "dry", "full": "empty", "open": "closed", "light": "dark", "win": "lose",
+        "in": "out", "old": "young", "hard": "soft", "rich": "poor"},
+    2: {"ancient": "modern", "generous": "stingy", "expand": "contract", "victory": "defeat", "optimist": "pessimist",
+        "scarce": "abundant", "arrive": "depart", "ascend": "descend", "permanent": "temporary", "maximum": "minimum",
+        "visible": "invisible", "include": "exclude", "majority": "minority", "accept": "reject", "artificial": "natural",
+        "horizontal": "vertical"},
+}
+"""Word -> its usual opposite by difficulty: everyday words, then longer ones."""
+
+
+def _opposites(rng: random.Random, level: int) -> Item:
+    word = rng.choice(sorted(OPPOSITES[level]))
+    return Item(f"What is the opposite of {word}?", OPPOSITES[level][word], "contains")
 
 
 COPY_WORDS = ("apple", "river", "window", "garden", "yellow", "pencil", "rabbit", "castle", "summer", "orange",
@@ -173,8 +185,8 @@ def _copy(rng: random.Random, level: int) -> Item:
     if level == 1:
         word = rng.choice(COPY_WORDS)
         return Item(f"Repeat this word exactly: {word}", word, "contains")
-    words = rng.sample(COPY_WORDS, 3)
-    return Item(f'What is the first word of the phrase "{" ".join(words)}"? Answer with that word only.', words[0], "exact")
+    words = " ".join(rng.sample(COPY_WORDS, 2))
+    return Item(f"Repeat these two words exactly: {words}", words, "contains")
 
 
 KINDS: dict[str, SyntheticKind] = {
@@ -184,7 +196,7 @@ KINDS: dict[str, SyntheticKind] = {
     "letters": SyntheticKind(len(WORDS) + 1, _letters),
     "comparison": SyntheticKind(4, _comparison, lambda level: 45 if level == 1 else None),
     "facts": SyntheticKind(len(FACTS), _facts, lambda level: len(FACTS[level])),
-    "successor": SyntheticKind(3, _successor, lambda level: 9 if level == 1 else None),
+    "opposites": SyntheticKind(len(OPPOSITES), _opposites, lambda level: len(OPPOSITES[level])),
     "copy": SyntheticKind(2, _copy, lambda level: len(COPY_WORDS) if level == 1 else None),
 }
 """Generators by name; ``pool`` bounds how many distinct items a level can give."""
