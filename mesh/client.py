@@ -19,11 +19,13 @@ from contextlib import aclosing
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from pydantic import ValidationError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
 
-from .connection import MeshNats, NatsAuth, connect
-from .protocol import Answer, Chunk, Error, Progress, ProtocolError, Query, decode_reply, encode
+from .connection import NatsAuth, connect
+from .protocol import Answer, Chunk, Error, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders
 from .subjects import DEFAULT_PREFIX, Subjects
 
 
@@ -131,93 +133,22 @@ class MeshClient:
         stall_timeout: float | None,
         options: dict[str, Any],
     ) -> AsyncIterator[Chunk | Answer]:
-        """Send the query and yield what the caller sees: Chunks (when streaming), then one Answer.
-
-        Every send of the query (first try, re-send after a stall, retry after a timeout) gets its
-        own reply subject ``<inbox>.<n>`` under one subscription. Only the current send's
-        Progress, Chunks and Errors count; an Answer from any send of this query id ends the
-        exchange, and nothing after it reaches the caller.
-        """
+        """Send the query and yield what the caller sees: Chunks (when streaming), then one Answer."""
         query_id = query_id or uuid.uuid4().hex
         options = {"progress": True, **options}
-        watch = bool(options["progress"])
-        inbox = self.nc.new_inbox()
-        subscription = await self.nc.subscribe(f"{inbox}.*")
-        sends = 0
-        chunks = 0
-        last_error = "no attempt made"
+        exchange = _Exchange(self, query_id, timeout, stream, bool(options["progress"]), stall_timeout)
+        subscription = await self.nc.subscribe(f"{exchange.inbox}.*")
         try:
             for attempt in range(retries + 1):
-                started = time.monotonic()
-                deadline = started + timeout
-                payload = self._payload(question, query_id, timeout, stream=stream, **options)
-                current = f"{inbox}.{sends}"
-                await self._send(payload, current, timeout, flush=sends == 0)
-                sends += 1
-                stall_after: float | None = None  # armed by the first Progress of the current send
-                heard = started
-                resends = 0
-                unavailable = False
-                while True:
-                    now = time.monotonic()
-                    remaining = deadline - now
-                    if remaining <= 0:
-                        last_error = f"no answer within {timeout:g}s"
-                        break
-                    wait = remaining if stall_after is None else min(remaining, heard + stall_after - now)
-                    if isinstance(self.nc, MeshNats):  # the server reports denials asynchronously: look each round
-                        if denial := self.nc.denial_for(self.subjects.ingress):
-                            raise MeshError("forbidden", denial, query_id)
-                        wait = min(wait, DENIAL_POLL_S)
-                    if wait <= 0:  # the holder went silent: it died (or its connection did)
-                        if stream and chunks:
-                            raise MeshError(
-                                "interrupted", f"the node streaming the answer went silent after {chunks} chunk{'s' if chunks != 1 else ''}; "
-                                "ask again for a whole new answer", query_id
-                            )
-                        if resends >= MAX_RESENDS:
-                            stall_after = None  # leave the rest to the timeout
-                            continue
-                        resends += 1
-                        self.resends += 1
-                        current = f"{inbox}.{sends}"
-                        sends += 1
-                        await self._send(payload, current, timeout, flush=False)
-                        stall_after, heard = None, time.monotonic()
-                        continue
-                    try:
-                        msg = await subscription.next_msg(timeout=wait)
-                    except NatsTimeoutError:
-                        continue
-                    if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-                        if msg.subject == current:
-                            last_error = f"no node serves {self.subjects.ingress}"
-                            unavailable = True
-                            break
-                        continue
-                    reply = self._read(msg.data, query_id)
-                    if isinstance(reply, Answer) and (msg.subject == current or not chunks):
-                        yield reply  # any send's Answer will do, unless Chunks of the current one went out
-                        return
-                    if msg.subject != current:
-                        continue  # a stale send's heartbeat, chunk or error: the current send decides
-                    heard = time.monotonic()
-                    if isinstance(reply, Progress):
-                        if watch:
-                            stall_after = stall_timeout if stall_timeout is not None else max(HEARTBEAT_MISSES * reply.every, 0.5)
-                        continue
-                    if isinstance(reply, Error):
-                        raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply)
-                    if not stream:
-                        raise MeshError("bad_reply", "a streamed chunk arrived for a query that did not ask to stream", query_id)
-                    chunks += 1
-                    yield reply
-                if stream and chunks:  # a new send would stream a second text after the first one's start
-                    raise MeshError("timeout", f"the streamed answer did not finish within {timeout:g}s", query_id)
-                if unavailable and attempt < retries:
+                await exchange.attempt(self._payload(question, query_id, timeout, stream=stream, **options))
+                async for event in exchange.replies(subscription):
+                    yield event
+                if exchange.answered:
+                    return
+                exchange.attempt_over()
+                if exchange.unavailable and attempt < retries:
                     await asyncio.sleep(min(0.5 * (attempt + 1), 2.0))
-            code = "unavailable" if last_error.startswith("no node") else "timeout"
-            raise MeshError(code, f"{last_error} (after {retries + 1} attempt{'s' if retries else ''})", query_id)
+            raise exchange.gave_up(retries)
         finally:
             try:
                 await subscription.unsubscribe()
@@ -228,7 +159,7 @@ class MeshClient:
         """Publish one send of the query; ``flush`` makes the server report a denial at once
         (the wait loop raises it as ``forbidden``)."""
         await self.nc.publish(self.subjects.ingress, payload, reply=reply)
-        if flush and isinstance(self.nc, MeshNats):
+        if flush:
             try:
                 await self.nc.flush(timeout=min(timeout, 5.0))
             except Exception:  # slow or reconnecting: the answer's own timeout decides
@@ -239,12 +170,146 @@ class MeshClient:
         query = Query(id=query_id, messages=messages, deadline=time.time() + timeout, stream=stream, **options)
         return encode(query)
 
-    @staticmethod
-    def _read(data: bytes, query_id: str) -> Answer | Chunk | Progress | Error:
-        try:
-            return decode_reply(data)
-        except (ProtocolError, ValidationError) as exc:
-            raise MeshError("bad_reply", f"unreadable reply from the mesh: {exc}", query_id) from None
+
+
+class _Exchange:
+    """One ask() or stream() call: the sends of its query and what came back, one method per event.
+
+    Every send (first try, re-send after a silence, retry after a deadline) gets its own reply
+    subject ``<inbox>.<n>`` under one subscription; only the current send's Progress, Chunks and
+    Errors count, but an Answer from any send ends the exchange (unless Chunks of the current
+    one went out). The states of one attempt::
+
+        attempt() ──► WAITING ──reply(): Answer──────────────────────────► ANSWERED
+                      │  ▲ ▲
+                      │  │ └─reply(): Progress (arms the stall timer), Chunk (yielded)
+                      │  └───silence(): the holder died: re-send() on a new subject
+                      │      (after MAX_RESENDS the timer is off; after Chunks: `interrupted`)
+                      ├──deadline passed ──► OVER ── retry left: attempt() again
+                      └──no responders ───► OVER       none: gave_up() (`timeout`, `unavailable`)
+        (an Error reply raises at once, as does a denial the server reported)
+    """
+
+    def __init__(self, client: MeshClient, query_id: str, timeout: float, stream: bool, watch: bool, stall_timeout: float | None) -> None:
+        self.client = client
+        self.query_id = query_id
+        self.timeout = timeout
+        self.stream = stream
+        self.watch = watch  # the query asked for Progress heartbeats: silence means a dead holder
+        self.stall_timeout = stall_timeout
+        self.inbox = client.nc.new_inbox()
+        # a MeshNats connection (from connect()) learns of permission denials; a plain nats-py one cannot
+        self._denial_for = getattr(client.nc, "denial_for", lambda subject: None)
+        self.sends = 0
+        self.chunks = 0
+        self.answered = False
+        self.unavailable = False
+        self.last_error = "no attempt made"
+        self._payload = b""
+        self._current = ""
+        self._deadline = 0.0
+        self._heard = 0.0
+        self._stall_after: float | None = None  # armed by the first Progress of the current send
+        self._resends = 0
+
+    async def attempt(self, payload: bytes) -> None:
+        """Start an attempt: a fresh deadline, stall timer off, the query sent on a new reply subject."""
+        self._payload = payload
+        self._heard = time.monotonic()
+        self._deadline = self._heard + self.timeout
+        self._stall_after, self._resends, self.unavailable = None, 0, False
+        await self._send(flush=self.sends == 0)
+
+    async def _send(self, *, flush: bool) -> None:
+        self._current = f"{self.inbox}.{self.sends}"
+        self.sends += 1
+        await self.client._send(self._payload, self._current, self.timeout, flush=flush)
+
+    async def replies(self, subscription: Subscription) -> AsyncIterator[Chunk | Answer]:
+        """What the current attempt yields to the caller, until an Answer, the deadline, or no responders."""
+        while True:
+            wait = self._next_wait()
+            if wait is None:
+                self.last_error = f"no answer within {self.timeout:g}s"
+                return
+            if denial := self._denial_for(self.client.subjects.ingress):  # reported asynchronously: look each round
+                raise MeshError("forbidden", denial, self.query_id)
+            if wait <= 0:
+                await self.silence()
+                continue
+            try:
+                msg = await subscription.next_msg(timeout=min(wait, DENIAL_POLL_S))
+            except NatsTimeoutError:
+                continue
+            if is_no_responders(msg.data, msg.headers):
+                if msg.subject == self._current:
+                    self.last_error, self.unavailable = f"no node serves {self.client.subjects.ingress}", True
+                    return
+                continue
+            if (event := self.reply(msg)) is not None:
+                yield event
+                if self.answered:
+                    return
+
+    def _next_wait(self) -> float | None:
+        """Seconds to wait for a message: None once the deadline passed, <= 0 once the stall timer fired."""
+        now = time.monotonic()
+        remaining = self._deadline - now
+        if remaining <= 0:
+            return None
+        return remaining if self._stall_after is None else min(remaining, self._heard + self._stall_after - now)
+
+    def reply(self, msg: Msg) -> Chunk | Answer | None:
+        """A message on the inbox: an Answer or Chunk for the caller, or None; an Error raises."""
+        reply = _read(msg.data, self.query_id)
+        current = msg.subject == self._current
+        if isinstance(reply, Answer) and (current or not self.chunks):
+            self.answered = True  # any send's Answer will do, unless Chunks of the current one went out
+            return reply
+        if not current:
+            return None  # a stale send's heartbeat, chunk or error: the current send decides
+        self._heard = time.monotonic()
+        if isinstance(reply, Progress):
+            if self.watch:
+                self._stall_after = self.stall_timeout if self.stall_timeout is not None else max(HEARTBEAT_MISSES * reply.every, 0.5)
+            return None
+        if isinstance(reply, Error):
+            raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply)
+        if not self.stream:
+            raise MeshError("bad_reply", "a streamed chunk arrived for a query that did not ask to stream", self.query_id)
+        self.chunks += 1
+        return reply
+
+    async def silence(self) -> None:
+        """The holder went silent for the stall time: it died (or its connection did). Send again."""
+        if self.stream and self.chunks:
+            s = "s" if self.chunks != 1 else ""
+            raise MeshError(
+                "interrupted", f"the node streaming the answer went silent after {self.chunks} chunk{s}; ask again for a whole new answer", self.query_id
+            )
+        self._stall_after = None
+        if self._resends >= MAX_RESENDS:
+            return  # leave the rest to the deadline
+        self._resends += 1
+        self.client.resends += 1
+        await self._send(flush=False)
+        self._heard = time.monotonic()
+
+    def attempt_over(self) -> None:
+        """The attempt ended without an Answer (deadline or no responders); a streamed one cannot be retried."""
+        if self.stream and self.chunks:  # a new send would stream a second text after the first one's start
+            raise MeshError("timeout", f"the streamed answer did not finish within {self.timeout:g}s", self.query_id)
+
+    def gave_up(self, retries: int) -> MeshError:
+        code = "unavailable" if self.last_error.startswith("no node") else "timeout"
+        return MeshError(code, f"{self.last_error} (after {retries + 1} attempt{'s' if retries else ''})", self.query_id)
+
+
+def _read(data: bytes, query_id: str) -> Answer | Chunk | Progress | Error:
+    try:
+        return decode_reply(data)
+    except (ProtocolError, ValidationError) as exc:
+        raise MeshError("bad_reply", f"unreadable reply from the mesh: {exc}", query_id) from None
 
 
 def ask(

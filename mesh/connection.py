@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from nats import errors as nats_errors
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .nats_internals import TlsRequiringClient
 from .subjects import subject_token
 
 log = structlog.get_logger("disrouter.mesh.connection")
@@ -156,7 +156,7 @@ class NatsAuth:
         return context
 
 
-class MeshNats(NATS):
+class MeshNats(TlsRequiringClient):
     """nats-py's client, plus: a permission violation fails the request that caused it, and TLS,
     once asked for, is required (credentials are never sent in the clear)."""
 
@@ -173,11 +173,6 @@ class MeshNats(NATS):
         url = self.connected_url
         return redact(url.geturl()) if url else None
 
-    def _connect_command(self) -> bytes:
-        if self.require_tls and not self._server_info.get("tls_required"):
-            raise nats_errors.Error("nats: TLS was asked for but the server does not offer it")
-        return super()._connect_command()
-
     def note_denial(self, text: str) -> None:
         """Record a permission violation the server reported and fail the requests it concerns."""
         self.denials = [*self.denials[-19:], text.lower()]
@@ -188,7 +183,7 @@ class MeshNats(NATS):
 
     def denial_for(self, subject: str) -> str | None:
         """Why a request to ``subject`` cannot work (publish denied, or replies denied), if known."""
-        inbox = self._inbox_prefix.decode()
+        inbox = self.new_inbox().rsplit(".", 1)[0]  # the inbox prefix
         for text in reversed(self.denials):
             if f'publish to "{subject.lower()}"' in text:
                 return f"NATS denied publishing to {subject} (the user's permissions)"

@@ -19,6 +19,7 @@ from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NoSt
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
+from .nats_internals import kv_origin
 from .subjects import Subjects
 
 log = structlog.get_logger("disrouter.mesh.membership")
@@ -58,10 +59,9 @@ async def open_registry(nc: NATS, subjects: Subjects, ttl: float = DEFAULT_REGIS
 
 async def _create_registry(nc: NATS, bucket: str, ttl: float) -> KeyValue:
     """Create the bucket (idempotent for the same settings). In a NATS cluster it is replicated on
-    3 servers, so losing one server loses no registry; a lone server keeps 1 replica."""
+    3 servers, so losing one server loses no registry; a lone server (which refuses 3) keeps 1."""
     js = nc.jetstream()
-    clustered = bool(getattr(nc, "_server_info", {}).get("cluster"))
-    for replicas in (3, 1) if clustered else (1,):
+    for replicas in (3, 1):
         config = js_api.KeyValueConfig(
             bucket=bucket,
             history=1,
@@ -236,7 +236,7 @@ class Membership:
 
     async def _reopen(self) -> None:
         """Recreate the registry bucket with its settings, then watch it afresh and re-register."""
-        nc, bucket = self._kv._js._nc, self._kv._name
+        nc, bucket = kv_origin(self._kv)
         try:  # in a cluster the bucket may only be electing a new leader: do not recreate it then
             self._kv = await nc.jetstream(timeout=max(self.heartbeat_interval, 1.0)).key_value(bucket)
         except BucketNotFoundError:

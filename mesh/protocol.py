@@ -308,6 +308,11 @@ def decode_inbound(payload: bytes, *, from_client: bool) -> Query | HandOff:
     return _validate(HandOff, data)
 
 
+def is_no_responders(payload: bytes, headers: dict[str, str] | None) -> bool:
+    """NATS's own reply when nobody listens on a request's subject: empty, with status 503."""
+    return not payload and bool(headers) and headers.get("Status") == "503"
+
+
 def decode_reply(payload: bytes) -> Answer | Error | Chunk | Progress:
     """Parse a message a node sent to a client: an Answer, an Error, a streamed Chunk or a Progress heartbeat."""
     data, _ = decode_map(payload)
