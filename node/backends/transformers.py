@@ -3,7 +3,9 @@
 Concurrent requests are collected for a short window and run as one left-padded ``generate``
 call per batch (rows with the same sampling settings), so throughput grows with concurrency.
 Up to ``concurrency`` batches run at once in worker threads, so a long generation never holds
-back queries that arrive after it started.
+back queries that arrive after it started. A query whose deadline passes gets its answer at the
+deadline (``finish_reason="deadline"``) even while a forward pass is still running; its row then
+leaves the batch at the next step.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from .base import Backend, Generation, GenerationRequest, PromptTooLongError, TextSink
+from .decoding import PhraseBan, Row, Sampling, TextDeltas, decode, keep_logits
 from .sources import ModelSource, local_folder
 
 log = structlog.get_logger("disrouter.node.transformers")
@@ -29,7 +32,7 @@ _PLAIN_TEMPLATE_ROLES = {"system": "System", "user": "User", "assistant": "Assis
 @dataclass
 class _Pending:
     request: GenerationRequest
-    prompt_ids: list[int]
+    row: Row
     on_text: TextSink | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -37,67 +40,6 @@ class _Pending:
     def sampling_key(self) -> tuple:
         r = self.request
         return (r.temperature, r.top_p if r.temperature > 0 else 1.0, r.suppress)
-
-
-@dataclass
-class _Row:
-    """Per-row bookkeeping inside one batched generate call."""
-
-    pending: _Pending
-    max_new: int
-    tokens: list[int] = field(default_factory=list)
-    finished: bool = False
-    hit_deadline: bool = False
-    streamed: str = ""
-
-
-class _BatchControl:
-    """Stopping criteria and streamer for one batch: per-row limits, deadlines and text deltas."""
-
-    def __init__(self, rows: list[_Row], tokenizer, stop_ids: set[int]) -> None:  # noqa: ANN001
-        self.rows = rows
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids
-        self._prompt_seen = False
-
-    # transformers' StoppingCriteria protocol: a bool per row, True when that row is done.
-    def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001, ANN204
-        import torch
-
-        now = time.time()
-        for row in self.rows:
-            deadline = row.pending.request.deadline
-            if not row.finished and deadline is not None and now >= deadline:
-                row.finished = row.hit_deadline = True
-        return torch.tensor([row.finished for row in self.rows], dtype=torch.bool, device=input_ids.device)
-
-    # transformers' BaseStreamer protocol: put() gets the prompt once, then one token per row per step.
-    def put(self, value) -> None:  # noqa: ANN001
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        for row, token in zip(self.rows, value.tolist()):
-            if row.finished:
-                continue
-            if token in self.stop_ids:
-                row.finished = True
-                continue
-            row.tokens.append(token)
-            if len(row.tokens) >= row.max_new:
-                row.finished = True
-            if row.pending.on_text is not None:
-                self._stream(row)
-
-    def end(self) -> None:
-        pass
-
-    def _stream(self, row: _Row) -> None:
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd") or not text.startswith(row.streamed):
-            return  # an incomplete multi-byte character: wait for the next token
-        delta, row.streamed = text[len(row.streamed):], text
-        if delta:
-            row.pending.loop.call_soon_threadsafe(row.pending.on_text, delta)
 
 
 class _PrefixCache:
@@ -119,13 +61,29 @@ class _PrefixCache:
             if cache is None:
                 return None
             self._entries.move_to_end(tuple(prefix_ids))
-        return copy.deepcopy(cache)
+        return _fork(cache)
 
     def put(self, prefix_ids: list[int], cache: object) -> None:
         with self._lock:
             self._entries[tuple(prefix_ids)] = cache
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+
+def _fork(cache: object) -> object:
+    """A copy of ``cache`` that the caller may extend without changing the original.
+
+    A plain dynamic layer grows by concatenation (new tensors; the old ones are never written), so
+    its copy can share the prefix tensors: no device copy of the prefix per query. Other layer
+    kinds (sliding windows, static or linear-attention caches) write in place: those are deep-copied.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return copy.deepcopy(cache)
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
 
 
 class TransformersBackend(Backend):
@@ -179,11 +137,37 @@ class TransformersBackend(Backend):
             raise PromptTooLongError(
                 f"prompt is {len(prompt_ids)} tokens; model {self.model_name} has a context of {self.context_length}"
             )
-        pending = _Pending(request, prompt_ids, on_text, loop.create_future(), loop)
+        row = Row(prompt_ids, max_new=min(request.max_tokens, self.context_length - len(prompt_ids)), deadline=request.deadline)
+        pending = _Pending(request, row, on_text, loop.create_future(), loop)
+        if on_text is not None:
+            row.text = TextDeltas(self._decode)
+            row.sink = lambda delta: loop.call_soon_threadsafe(self._deliver, pending, delta)
         self._queue.append(pending)
         self._ensure_batcher()
         self._wakeup.set()
-        return await pending.future
+        try:
+            if request.deadline is None:
+                return await asyncio.shield(pending.future)
+            return await asyncio.wait_for(asyncio.shield(pending.future), max(0.0, request.deadline - time.time()))
+        except asyncio.TimeoutError:  # the deadline passed while the row waited or decoded: answer now, stop it
+            return self._abandon(pending)
+        except asyncio.CancelledError:  # nobody wants the text any more: free the row's batch slot
+            self._abandon(pending)
+            raise
+
+    def _abandon(self, pending: _Pending) -> Generation:
+        """Stop decoding ``pending`` (at the worker's next step) and report what it produced so far."""
+        pending.row.abandoned = True
+        if pending in self._queue:
+            self._queue.remove(pending)
+        tokens = list(pending.row.tokens)
+        return Generation(text=self._decode(tokens).strip(), prompt_tokens=len(pending.row.prompt_ids), completion_tokens=len(tokens), finish_reason="deadline")
+
+    @staticmethod
+    def _deliver(pending: _Pending, delta: str) -> None:
+        """Hand a text delta to the caller, on the event loop, unless the caller has left."""
+        if not pending.row.abandoned:
+            pending.on_text(delta)
 
     async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
         loop = asyncio.get_running_loop()
@@ -230,7 +214,7 @@ class TransformersBackend(Backend):
         error = done.exception()
         results = None if error else done.result()
         for index, pending in enumerate(batch):
-            if pending.future.done():
+            if pending.future.done() or pending.row.abandoned:
                 continue
             if error is not None:
                 pending.future.set_exception(error)
@@ -251,45 +235,30 @@ class TransformersBackend(Backend):
             ids = [self._tokenizer(p, add_special_tokens=False)["input_ids"] for p in phrases]
         return [i for i in ids if i] or None
 
+    def _decode(self, tokens: list[int]) -> str:
+        with self._tokenizer_lock:
+            return self._tokenizer.decode(tokens, skip_special_tokens=True)
+
     def _generate_batch(self, batch: list[_Pending]) -> list[Generation]:
         import torch
-        from transformers import StoppingCriteriaList
 
-        width = max(len(p.prompt_ids) for p in batch)
-        pad = self._tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p.prompt_ids)) + p.prompt_ids for p in batch])
-        attention = torch.tensor([[0] * (width - len(p.prompt_ids)) + [1] * len(p.prompt_ids) for p in batch])
-        rows = [_Row(p, max_new=min(p.request.max_tokens, self.context_length - len(p.prompt_ids))) for p in batch]
-        control = _BatchControl(rows, self._tokenizer, self._stop_ids)
         first = batch[0].request
-        sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p} if first.temperature > 0 else {"do_sample": False}
-        device = self._model.device
+        top_k = self._model.generation_config.top_k  # transformers applies it when sampling; so do we
+        sampling = Sampling(first.temperature, first.top_p, top_k) if first.temperature > 0 else Sampling()
+        phrases = self._phrase_ids(first.suppress) if first.suppress else None
+        rows = [p.row for p in batch]
         with torch.inference_mode():
-            self._model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max(row.max_new for row in rows),
-                bad_words_ids=self._phrase_ids(first.suppress) if first.suppress else None,
-                stopping_criteria=StoppingCriteriaList([control]),
-                streamer=control,
-                pad_token_id=pad,
-                **sampling,
-            )
+            ban = PhraseBan(phrases, self._model.device) if phrases else None
+            decode(self._model, rows, pad_id=self._tokenizer.pad_token_id, stop_ids=self._stop_ids, sampling=sampling, ban=ban)
         self.batches_run += 1
-        return [self._result(row) for row in rows]
+        return [self._result(p) for p in batch]
 
-    def _result(self, row: _Row) -> Generation:
-        with self._tokenizer_lock:
-            text = self._tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
-        if row.pending.on_text is not None and text.startswith(row.streamed) and len(text) > len(row.streamed):
-            row.pending.loop.call_soon_threadsafe(row.pending.on_text, text[len(row.streamed):])
-        if row.hit_deadline:
-            reason = "deadline"
-        elif len(row.tokens) >= row.max_new:
-            reason = "length"
-        else:
-            reason = "stop"
-        return Generation(text=text, prompt_tokens=len(row.pending.prompt_ids), completion_tokens=len(row.tokens), finish_reason=reason)
+    def _result(self, pending: _Pending) -> Generation:
+        row = pending.row
+        text = self._decode(row.tokens).strip()
+        if row.text is not None and (rest := row.text.rest(text)):
+            row.sink(rest)
+        return Generation(text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens), finish_reason=row.reason or "stop")
 
     def _score_blocking(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
         import torch
@@ -309,11 +278,11 @@ class TransformersBackend(Backend):
             cache = self._prefix_cache(prefix_ids) if prefix_ids else None
             start = len(prefix_ids) if cache is not None else 0
             rest = torch.tensor([ids[start:]], device=self._model.device)
-            logits = self._model(input_ids=rest, past_key_values=cache, use_cache=cache is not None).logits[0].float()
-        # logits[i] predicts token start + i + 1; the continuation starts at len(prompt_ids)
-        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 - start : -1], dim=-1)
-        picked = logprobs.gather(1, torch.tensor(continuation_ids, device=logits.device).unsqueeze(1))
-        return float(picked.sum()), len(prompt_ids)
+            # only the logits that predict the continuation: the last len(continuation) + 1 positions
+            logits = self._model(input_ids=rest, past_key_values=cache, use_cache=cache is not None, **keep_logits(self._model, len(continuation_ids) + 1)).logits[0]
+            logprobs = torch.log_softmax(logits[-len(continuation_ids) - 1 : -1].float(), dim=-1)
+            picked = logprobs.gather(1, torch.tensor(continuation_ids, device=logits.device).unsqueeze(1))
+            return float(picked.sum()), len(prompt_ids)  # the call's one device-to-host sync
 
     def _shared_prefix(self, messages: list[dict[str, str]], prompt_ids: list[int]) -> list[int]:
         """Token ids of every message but the last, when they are a strict prefix of the prompt."""
@@ -330,6 +299,6 @@ class TransformersBackend(Backend):
             import torch
 
             ids = torch.tensor([prefix_ids], device=self._model.device)
-            self._prefixes.put(prefix_ids, self._model(input_ids=ids, use_cache=True).past_key_values)
+            self._prefixes.put(prefix_ids, self._model(input_ids=ids, use_cache=True, **keep_logits(self._model, 1)).past_key_values)
             cache = self._prefixes.get(prefix_ids)
         return cache
