@@ -10,6 +10,7 @@ import typing
 from typing import Any, NoReturn, TypeVar
 
 from disrouter.mesh.connection import NatsAuth, default_nats_url
+from disrouter.node.settings import flag_of
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -72,11 +73,6 @@ def nats_auth(args: argparse.Namespace) -> NatsAuth:
         key=args.nats_key,
         inbox_prefix=args.nats_inbox_prefix,
     )
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a settings field: its ``flag`` metadata, else ``--field-name``."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def _value_type(annotation: Any) -> Any:  # noqa: ANN401 - a type annotation

@@ -1,15 +1,14 @@
 """A node's settings, written once: each field carries its default, help and flag.
 
-`disrouter-node` builds its flags from these dataclasses (``add_dataclass_options``), the way
-TRL's scripts parse their configs, so a default or a help line lives here and nowhere else.
+`disrouter-node` builds its flags from these dataclasses (``disrouter.cli.common.add_dataclass_options``),
+the way TRL's scripts parse their configs, so a default or a help line lives here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from disrouter.cli.common import flag_of
 from disrouter.mesh.membership import DEFAULT_REGISTRY_TTL_S
 
 from .backends import BACKENDS
@@ -22,6 +21,11 @@ class ConfigError(Exception):
 def setting(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002, ANN401 - a dataclass field
     """A dataclass field with command-line metadata: help, and optionally flag, metavar, choices, group, backend."""
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def flag_of(f: Field) -> str:
+    """The command-line flag of a settings field: its ``flag`` metadata, else ``--field-name``."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def _flag(cls: type, name: str) -> str:
