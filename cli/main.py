@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_options(quality, default_format="console")
 
     train = commands.add_parser("train", help="teach a model when to say \"I don't know!\" (needs the train extra)")
-    train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all"], help="one stage, or all in order (each resumes)")
+    train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all", "family"], help="one stage, or all in order (each resumes); family: pretrain the model family")
     train.add_argument("--config", required=True, help="run config YAML, e.g. training/configs/smoke.yaml")
     train.add_argument("--out", default=None, help="output folder (default: the config's out)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")

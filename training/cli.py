@@ -15,6 +15,10 @@ PROG = "disrouter train"
 
 def main(stage: str, config_path: str, out: str | None, progress: bool = True) -> int:
     """Run ``stage`` (probe, sft, rl, eval or all) of the run ``config_path`` describes."""
+    if stage == "family":
+        from .family.cli import main as train_family
+
+        return train_family(config_path, out, progress)
     try:
         config = TrainConfig.load(config_path, out)
         Pipeline(config, progress=progress).run(stage)  # type: ignore[arg-type]
