@@ -334,17 +334,18 @@ def _utility_plot(out_dir: Path, policies: dict[float, dict[str, AlphaMetrics]])
     if not policies:
         return []
     alphas = sorted(policies)
-    figure = Figure(figsize=(10, 4.2))
-    for axes, key, label in zip(figure.subplots(1, 2), ("utility", "answer_rate"), ("utility (mean reward)", "answer rate")):
+    figure = Figure(figsize=(10, 4.6))
+    panels = figure.subplots(1, 2)
+    for axes, key, label in zip(panels, ("utility", "answer_rate"), ("utility (mean reward)", "answer rate")):
         for i, name in enumerate(POLICY_NAMES):
             if all(name in policies[alpha] for alpha in alphas):
                 values = [getattr(policies[alpha][name], key) for alpha in alphas]
                 axes.plot(alphas, values, marker="o", color=f"C{i}", linewidth=2.5 if name == "trained" else 1,
                           linestyle="-" if name == "trained" else "--", label=POLICY_NAMES[name])
         axes.set(xlabel="alpha (weight of cost)", ylabel=label, xticks=alphas, ylim=(-0.02, 1.02))
-    axes.legend(fontsize="x-small")
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize="small")
     figure.suptitle("Trained model against the baselines on the test queries", fontsize="medium")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(out_dir / UTILITY_PLOT, dpi=110)
     return [UTILITY_PLOT]
 
