@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from scripted_model import build_scripted_model
@@ -82,19 +83,19 @@ def test_oracle_picks_the_cheapest_correct_tier_and_the_cheapest_when_none_is() 
 
 
 def test_cascade_stops_at_the_first_cleared_threshold_and_pays_every_tier_asked() -> None:
-    scores = cascade.stops(__import__("numpy").array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.2, 0.2, 0.0]]), [0.5, 0.5])
+    scores = cascade.stops(np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.2, 0.2, 0.0]]), [0.5, 0.5])
     assert scores.tolist() == [0, 1, 2]
     labels = _labels({"a": [True, True, True], "b": [False, True, True], "c": [False, False, True]})
 
-    class Scores:  # what AnswerScores holds: a score and its ms per (query, tier)
-        scores = __import__("numpy").array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.2, 0.2, 0.0]])
-        ms = __import__("numpy").full((3, 3), 1.0)
+    class Scores:  # what AnswerScores holds: a score per (query, tier) and the ms one score takes
+        scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.2, 0.2, 0.0]])
+        ms = 1.0
 
     got = cascade.run_cascade([_task(q) for q in "abc"], Scores(), labels, TIERS, TIERS, [0.5, 0.5])
     assert [(o.tier, o.cost, o.full_cost, o.hops) for o in got] == [
         ("small", 0.1, 0.1, 1), ("mid", 0.5, pytest.approx(0.6), 2), ("large", 0.9, pytest.approx(1.5), 3)]
     assert got[2].latency_ms == pytest.approx(5.0 + 10.0 + 15.0 + 2 * 1.0)  # three answers and two scores
-    correct = __import__("numpy").array([[1, 1, 1], [0, 1, 1], [0, 0, 1]], dtype=float)
+    correct = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1]], dtype=float)
     best = cascade.choose_thresholds(Scores.scores, correct, [0.1, 0.5, 0.9], 0.5)
     stop = cascade.stops(Scores.scores, best)
     assert stop.tolist() == [0, 1, 2]  # every query at its cheapest correct tier: the best utility there is
@@ -194,3 +195,29 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
     assert join["method"] == "sft_probe" and join["tier"] == "mid"
     assert join["queries_after"] >= 12 and join["answered_after"] > 0
     assert results["meta"]["commit"] and results["meta"]["command"]
+
+
+@pytest.mark.slow
+def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
+    """`disrouter bench quality --preset smoke` (CI): the smoke family is built when missing, every method runs."""
+    out = tmp_path / "smoke"
+    assert cli(["bench", "quality", "--preset", "smoke", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["rows"] if r["status"] == "ok"}
+    assert methods == {"oracle", "smallest", "largest", "random", "knn", "mlp", "cascade", "untrained_generate", "untrained_probe"}
+    for r in results["rows"]:
+        if r["status"] == "ok":
+            assert r["n"] > 0 and r["errors"] == 0 and all(isinstance(r[k], float) for k in ("accuracy", "cost", "utility", "full_utility"))
+        else:
+            assert r["status"] == "not configured" and r["method"].startswith(("sft_", "sftrl_"))
+    assert {(r["split"], r["pool"]) for r in results["rows"]} == {(s, p) for s in ("in_domain", "ood") for p in ("all", "no_middle")}
+    assert results["runtime_join"]["queries_after"] >= 8
+
+
+def test_a_bad_preset_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [{key: a, model: x, cost: 0.5}, {key: b, model: y, cost: 0.1}]\ntasks: {train: t.jsonl}\n")
+    assert cli(["bench", "quality", "--preset", str(bad)]) != 0
+    assert cli(["bench", "quality", "--preset", "nosuch"]) != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 2 and "tasks" in lines[0] and "unknown preset 'nosuch'" in lines[1], lines

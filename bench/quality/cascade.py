@@ -36,17 +36,15 @@ def scorer_inputs(vectors: np.ndarray, tier_index: int, tiers: int) -> np.ndarra
 
 
 class AnswerScores:
-    """Scorer outputs (n x tiers) on one split, with the ms each score took (embedding included)."""
+    """Scorer outputs (n x tiers) on one split, and the ms one score takes (embedding one answer included)."""
 
     def __init__(self, scorer: CorrectnessModel, embedder: Embedder, tasks: Sequence[Task], labels: Labels, tiers: Sequence[Tier]) -> None:
-        columns, ms = [], []
+        columns, texts = [], []
         for index, tier in enumerate(tiers):
             texts = [answer_text(task, labels[tier.key][task.id].output) for task in tasks]
-            vectors, took = embedder.encode_timed(texts)
-            columns.append(scorer.predict(scorer_inputs(vectors, index, len(tiers)))[:, 0])
-            ms.append(took)
+            columns.append(scorer.predict(scorer_inputs(embedder.encode(texts), index, len(tiers)))[:, 0])
         self.scores = np.stack(columns, axis=1)
-        self.ms = np.array(ms).T
+        self.ms = embedder.single_ms(texts)
 
 
 def train_scorer(scorer: CorrectnessModel, embedder: Embedder, tasks: Sequence[Task], labels: Labels, tiers: Sequence[Tier]) -> CorrectnessModel:
@@ -82,10 +80,10 @@ def run_cascade(tasks: Sequence[Task], scores: AnswerScores, labels: Labels, tie
     columns = [tiers.index(tier) for tier in pool]
     stop = stops(scores.scores[:, columns], thresholds)
     outcomes = []
-    for i, (task, k) in enumerate(zip(tasks, stop)):
+    for task, k in zip(tasks, stop):
         asked = pool[: k + 1]
         label = labels[asked[-1].key][task.id]
-        latency = sum(labels[t.key][task.id].ms for t in asked) + sum(scores.ms[i, columns[j]] for j in range(min(k + 1, len(pool) - 1)))
+        latency = sum(labels[t.key][task.id].ms for t in asked) + scores.ms * min(k + 1, len(pool) - 1)
         outcomes.append(Outcome(task.id, label.correct, asked[-1].key, asked[-1].cost, sum(t.cost for t in asked), latency, len(asked)))
     return outcomes
 

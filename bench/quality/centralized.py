@@ -77,7 +77,7 @@ def best_utility(predicted: np.ndarray, costs: Sequence[float], alpha: float) ->
 
 
 def route(
-    model: CorrectnessModel, tasks: Sequence[Task], vectors: np.ndarray, embed_ms: Sequence[float],
+    model: CorrectnessModel, tasks: Sequence[Task], vectors: np.ndarray, embed_ms: float,
     labels: Labels, tiers: Sequence[Tier], pool: Sequence[Tier], alpha: float,
 ) -> list[Outcome]:
     """Send each query to the pool tier with the best predicted utility; embedding and prediction time count as latency."""
@@ -85,7 +85,4 @@ def route(
     started = time.perf_counter()
     choice = best_utility(model.predict(vectors)[:, columns], [t.cost for t in pool], alpha)
     predict_ms = (time.perf_counter() - started) * 1000 / max(len(tasks), 1)
-    return [
-        answered_by(task.id, pool[int(c)], labels, waited_ms=embed_ms[i] + predict_ms)
-        for i, (task, c) in enumerate(zip(tasks, choice))
-    ]
+    return [answered_by(task.id, pool[int(c)], labels, waited_ms=embed_ms + predict_ms) for task, c in zip(tasks, choice)]

@@ -37,11 +37,10 @@ class Embedder:
             rows.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
         return np.concatenate(rows) if rows else np.zeros((0, 384), dtype=np.float32)
 
-    def encode_timed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[float]]:
-        """Embeddings one text at a time, as a router serving single queries computes them, with each one's ms."""
-        vectors, ms = [], []
-        for text in texts:
-            started = time.perf_counter()
-            vectors.append(self.encode([text])[0])
-            ms.append((time.perf_counter() - started) * 1000)
-        return np.stack(vectors) if vectors else np.zeros((0, 384), dtype=np.float32), ms
+    def single_ms(self, texts: Sequence[str], sample: int = 16) -> float:
+        """Mean milliseconds to embed one text alone (as a router serving one query does), over up to ``sample`` texts."""
+        chosen = list(texts[:sample])
+        started = time.perf_counter()
+        for text in chosen:
+            self.encode([text])
+        return (time.perf_counter() - started) * 1000 / max(len(chosen), 1)

@@ -18,6 +18,7 @@ from .live import LiveMesh
 from .preset import Preset, Tier
 
 REGISTER_TIMEOUT_S = 300.0
+WAVE_PAUSE_S = 0.5  # between waves of queries while the joining node starts: steady traffic, not a flood
 
 
 async def _registered(mesh: LiveMesh, node_id: str) -> float:
@@ -49,6 +50,8 @@ async def runtime_join(mesh: LiveMesh, tier: Tier, tasks: Sequence[Task], alpha:
         was_registered = waiting.done()
         replies = await mesh.ask(wave, alpha, preset)
         (after if was_registered else starting).extend(replies)
+        if not was_registered:
+            await asyncio.sleep(WAVE_PAUSE_S)
         if node.process.poll() is not None:
             waiting.cancel()
             raise NodeStartError(f"joining node {node.node_id} exited with {node.process.returncode}: {node.last_log_line()}")

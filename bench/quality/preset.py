@@ -1,9 +1,11 @@
 """Benchmark presets: which tiers (and their trained checkpoints), which queries, which alphas.
 
-A preset is a YAML file; relative paths in it are resolved against the file's folder. The
-packaged presets (``smoke``, ``full``) live in ``presets/``::
+A preset is a YAML file; relative paths in it are resolved against the file's folder, and
+``{cache}`` stands for the disrouter cache folder (``$DISROUTER_CACHE``, else ``~/.cache/disrouter``).
+The packaged presets (``smoke``, ``full``) live in ``presets/``::
 
-    family: {config: ../../../training/configs/family-smoke.yaml}   # optional: built when a tier is missing
+    family: {config: PATH, out: PATH}   # optional: `disrouter train family` builds missing tiers
+    topology: PATH              # optional: costs of tiers listed without one, by key
     tiers:                      # cheapest first; the last is the fallback that always answers
       - {key: small, model: PATH, cost: 0.1, sft: PATH, sftrl: PATH}
     tasks:                      # files in the task format, or the ids of one split of a file
@@ -23,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from disrouter.mesh.objective import DEFAULT_ALPHAS
 from disrouter.mesh.subjects import subject_token
+from disrouter.mesh.topology import load_topology
+from disrouter.node.backends.sources import cache_root
 from disrouter.mesh.yamlfile import read_yaml_mapping
 
 PRESETS_DIR = Path(__file__).with_name("presets")
@@ -44,7 +48,7 @@ class _Strict(BaseModel):
 class Tier(_Strict):
     key: str = Field(min_length=1)
     model: Path  # the base (untrained) model folder
-    cost: float = Field(ge=0.0)
+    cost: float | None = Field(default=None, ge=0.0)  # None: the preset's topology file gives it
     sft: Path | None = None  # SFT-only checkpoint (with its disrouter-calibration.json)
     sftrl: Path | None = None  # SFT+RL checkpoint
 
@@ -68,6 +72,7 @@ class Family(_Strict):
 class Preset(_Strict):
     name: str = "custom"
     family: Family | None = None
+    topology: Path | None = None  # a topology file giving the costs of tiers listed without one (read once the family exists)
     tiers: list[Tier] = Field(min_length=2)
     tasks: dict[Split, TaskSource]
     limits: dict[Split, int] = Field(default_factory=dict)
@@ -88,11 +93,33 @@ class Preset(_Strict):
         keys = [tier.key for tier in self.tiers]
         if len(set(keys)) != len(keys) or any(subject_token(k) != k for k in keys):
             raise ValueError("tier keys must be unique and contain only letters, digits, '_' and '-'")
-        if [t.cost for t in self.tiers] != sorted(t.cost for t in self.tiers):
-            raise ValueError("tiers must be listed cheapest first")
+        if any(t.cost is None for t in self.tiers) and self.topology is None:
+            raise ValueError("give every tier a cost, or a topology file that has them")
+        self._check_order()
         if any(not 0.0 <= a <= 1.0 for a in self.alphas):
             raise ValueError("alphas must lie within [0, 1]")
         return self
+
+    def _check_order(self) -> None:
+        costs = [t.cost for t in self.tiers if t.cost is not None]
+        if costs != sorted(costs):
+            raise ValueError("tiers must be listed cheapest first")
+
+    def fill_costs(self) -> None:
+        """Costs of tiers listed without one, from the preset's topology file (by model key)."""
+        if all(t.cost is not None for t in self.tiers):
+            return
+        assert self.topology is not None
+        entries = {entry.key: entry.cost for entry in load_topology(self.topology).models}
+        for tier in self.tiers:
+            if tier.cost is None:
+                if tier.key not in entries:
+                    raise PresetError(f"preset {self.name}: tier {tier.key} has no cost and {self.topology} does not list it")
+                tier.cost = entries[tier.key]
+        try:
+            self._check_order()
+        except ValueError as exc:
+            raise PresetError(f"preset {self.name}: {exc} (costs from {self.topology})") from None
 
     @property
     def keys(self) -> list[str]:
@@ -116,7 +143,10 @@ class Preset(_Strict):
 def _resolve(data: dict, base: Path) -> dict:
     """Relative paths in tiers, tasks and family made absolute against ``base``."""
     def absolute(value: object) -> object:
-        return str((base / str(value)).resolve()) if value is not None else None
+        if value is None:
+            return None
+        path = Path(str(value).replace("{cache}", str(cache_root()))).expanduser()
+        return str((base / path).resolve())
 
     data = dict(data)
     data["tiers"] = [
@@ -128,6 +158,8 @@ def _resolve(data: dict, base: Path) -> dict:
             k: {"file": absolute(v.get("file")), **{n: x for n, x in v.items() if n != "file"}} if isinstance(v, dict) else {"file": absolute(v)}
             for k, v in data["tasks"].items()
         }
+    if data.get("topology") is not None:
+        data["topology"] = absolute(data["topology"])
     if isinstance(data.get("family"), dict):
         data["family"] = {k: absolute(v) for k, v in data["family"].items()}
     return data

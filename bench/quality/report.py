@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -109,13 +110,15 @@ def plots(out: Path, rows: Sequence[dict[str, Any]], frontiers: dict[tuple[str, 
     import matplotlib.pyplot as plt
 
     groups = _groups([r for r in rows if r["status"] == "ok"])
+    splits = sorted({g[0] for g in groups}, key=lambda s: s != "in_domain")
+    pools = sorted({g[1] for g in groups}, key=lambda p: p != "all")
     written = []
     for name, draw in (("utility.png", _utility_panel), ("accuracy_cost.png", _accuracy_cost_panel)):
-        figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
-        for axis, (split, pool) in zip(axes[0], groups):
-            draw(axis, [r for r in rows if r["split"] == split and r["pool"] == pool and r["status"] == "ok"], frontiers.get((split, pool), []))
-            axis.set_title(f"{split}, pool {pool}")
-        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        figure, axes = plt.subplots(len(splits), len(pools), figsize=(6 * len(pools) + 2, 4.5 * len(splits)), squeeze=False)
+        for (i, split), (j, pool) in itertools.product(enumerate(splits), enumerate(pools)):
+            draw(axes[i][j], [r for r in rows if r["split"] == split and r["pool"] == pool and r["status"] == "ok"], frontiers.get((split, pool), []))
+            axes[i][j].set_title(f"{split}, pool {pool}")
+        axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         figure.tight_layout()
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
@@ -123,11 +126,18 @@ def plots(out: Path, rows: Sequence[dict[str, Any]], frontiers: dict[tuple[str, 
     return written
 
 
+def _style(method: str) -> dict[str, Any]:
+    """One colour per method; routers dashed, self-routing solid."""
+    import matplotlib.pyplot as plt
+
+    return {"color": plt.get_cmap("tab20")(METHODS.index(method) / len(METHODS)), "label": method}
+
+
 def _utility_panel(axis, rows, frontier) -> None:  # noqa: ANN001
     for method in METHODS:
         points = sorted((r["alpha"], r["utility"]) for r in rows if r["method"] == method)
         if points:
-            axis.plot(*zip(*points), marker="o", label=method, linestyle="--" if method in METHODS[:7] else "-")
+            axis.plot(*zip(*points), marker="o", linestyle="--" if method in METHODS[:7] else "-", **_style(method))
     axis.set_xlabel("alpha")
     axis.set_ylabel("utility (accuracy - alpha * cost)")
 
@@ -138,6 +148,6 @@ def _accuracy_cost_panel(axis, rows, frontier) -> None:  # noqa: ANN001
     for method in METHODS:
         points = [(r["cost"], r["accuracy"]) for r in rows if r["method"] == method]
         if points:
-            axis.scatter(*zip(*points), label=method, s=18, marker="x" if method in METHODS[:7] else "o")
+            axis.scatter(*zip(*points), s=22, marker="x" if method in METHODS[:7] else "o", **_style(method))
     axis.set_xlabel("cost (answering tier)")
     axis.set_ylabel("accuracy")

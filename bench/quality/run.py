@@ -61,7 +61,8 @@ def offline_methods(preset: Preset, splits: dict[str, list[Task]], labels: Label
                   "mlp": centralized.MlpModel(preset.mlp_epochs, preset.seed).fit(train_x, train_y)}
         scorer = cascade.train_scorer(centralized.MlpModel(preset.mlp_epochs, preset.seed), embedder, splits["train"], labels, tiers)
         val_scores = cascade.AnswerScores(scorer, embedder, splits["val"], labels, tiers)
-        vectors = {split: embedder.encode_timed([question_text(t) for t in splits[split]]) for split in EVAL_SPLITS}
+        questions = {split: [question_text(t) for t in splits[split]] for split in EVAL_SPLITS}
+        vectors = {split: (embedder.encode(texts), embedder.single_ms(texts)) for split, texts in questions.items()}
         scores = {split: cascade.AnswerScores(scorer, embedder, splits[split], labels, tiers) for split in EVAL_SPLITS}
     thresholds: dict[str, list[float]] = {}
 
@@ -152,14 +153,24 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
     preset = load_preset(preset_name)
     out = Path(out or f"bench-quality-{preset.name}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ensure_family(preset, console)
+    phases: dict[str, float] = {}
+
+    def timed(name: str, work: Callable[[], Any]) -> Any:
+        begun = time.monotonic()
+        result = work()
+        phases[name] = round(time.monotonic() - begun, 1)
+        return result
+
+    timed("family", lambda: ensure_family(preset, console))
+    preset.fill_costs()
     splits = load_splits(preset)
     write_queries(splits, out / "queries.jsonl")
-    labels = all_labels(preset, splits, out, console)
-    methods, details = offline_methods(preset, splits, labels, console)
-    rows = offline_rows(preset, splits, methods)
-    mesh_rows, joined = live_rows(preset, splits, labels, out, console)
+    labels = timed("labels", lambda: all_labels(preset, splits, out, console))
+    methods, details = timed("routers", lambda: offline_methods(preset, splits, labels, console))
+    rows = timed("offline", lambda: offline_rows(preset, splits, methods))
+    mesh_rows, joined = timed("live", lambda: live_rows(preset, splits, labels, out, console))
     rows += mesh_rows
+    details["phase_seconds"] = phases
     frontiers = {(split, pool): baselines.oracle_frontier(splits[split], labels, members)
                  for split in EVAL_SPLITS for pool, members in preset.pools().items()}
     payload = {
