@@ -1,29 +1,38 @@
-"""What serving real models costs: batching gain, the price of a probe rejection, vLLM against
-transformers, all on SmolLM2-135M-Instruct loaded in this process."""
+"""What serving real models costs: batching gain, what each decision costs under each policy, vLLM
+against transformers, all on SmolLM2-135M-Instruct loaded in this process."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from disrouter.mesh.protocol import Query
 from disrouter.node.backends import Backend, GenerationRequest
 from disrouter.node.calibration import Calibration
-from disrouter.node.policies import GeneratePolicy, ProbePolicy
+from disrouter.node.policies import GeneratePolicy, Policy, ProbePolicy
 
 TOPICS = ["a lighthouse", "a dragon", "the moon", "a robot", "the ocean", "a library", "a train", "a garden",
           "a volcano", "a violin", "a desert", "a city", "a storm", "a forest", "a bakery", "a comet"]
-QUESTIONS = ["What is the capital of France?", "What is 4718 * 8391?", "Who wrote Romeo and Juliet?",
-             "What is the integral of x^3 * ln(x) dx?", "How many legs does a spider have?",
-             "What is the boiling point of water in Kelvin?", "Name the largest planet.", "What is 17 * 23?"]
+# Questions no few-shot demonstration in node/prompts.py resembles (no products of big numbers,
+# capitals, sports winners or "how many"), so the generate policy's rejections are the model's own.
+QUESTIONS = ["Which planet is known as the Red Planet?", "Who painted the Mona Lisa?", "What is the chemical symbol for gold?",
+             "Who wrote Romeo and Juliet?", "What is the integral of x^3 * ln(x) dx?", "Who was the mayor of Ulm in 1712?",
+             "Which element has atomic number 77?", "Factor the polynomial x^4 - 5x^2 + 4.",
+             "What language is spoken in Brazil?", "What is the derivative of sin(x) * e^x?",
+             "What was the closing price of IBM stock on 3 March 1987?", "Translate 'good morning' into French."]
 ALWAYS_REJECT = Calibration(thresholds={0.5: 0.0}, skip_thresholds={0.5: 1.0})  # every probe forwards
+NEVER_REJECT = Calibration(thresholds={0.5: 1.0}, skip_thresholds={0.5: 1.0})  # every probe answers
 
 
 @dataclass
 class Throughput:
     queries_per_s: float
     tokens_per_s: float
+    completion_tokens: int  # the arm's total, so arms can be checked for equal work
 
 
 def _story(i: int, max_tokens: int) -> GenerationRequest:
@@ -46,30 +55,85 @@ async def throughput(backend: Backend, concurrency: int, queries: int, max_token
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return Throughput(round(queries / elapsed, 3), round(tokens / elapsed, 1))
+    return Throughput(round(queries / elapsed, 3), round(tokens / elapsed, 1), tokens)
 
 
 @dataclass
-class RejectCost:
-    probe_reject_ms: float  # mean time of a probe policy's decision to forward
-    generate_ms: float  # mean time of the generate policy's decision (its answer, or its reject)
-    generate_reject_rate: float
+class Timing:
+    """One policy's decisions on the questions, one at a time: milliseconds and whether it rejected."""
+
+    ms: list[float]
+    rejected: list[bool]
+
+    def mean_ms(self, which: list[int] | None = None, rejected: bool | None = None) -> float | None:
+        """Mean over the questions in ``which`` (default all) whose decision was ``rejected`` (default any)."""
+        picked = [self.ms[i] for i in (which if which is not None else range(len(self.ms)))
+                  if rejected is None or self.rejected[i] == rejected]
+        return round(statistics.fmean(picked), 1) if picked else None
 
 
-async def reject_cost(backend: Backend, max_tokens: int, rounds: int = 1) -> RejectCost:
-    """The same questions, one at a time: probe forwarding each vs generate answering each."""
-    queries = [Query(messages=[{"role": "user", "content": q}], max_tokens=max_tokens) for q in QUESTIONS] * rounds
-    probe, generate = ProbePolicy(ALWAYS_REJECT), GeneratePolicy()
-    await probe.decide(backend, queries[0])  # warm up
-    started = time.perf_counter()
+async def time_decisions(backend: Backend, policy: Policy, queries: list[Query]) -> Timing:
+    await policy.decide(backend, queries[0])  # warm up (and fill the prefix cache, if used)
+    timing = Timing([], [])
     for query in queries:
-        if not (await probe.decide(backend, query)).reject:
-            raise RuntimeError("the probe policy was calibrated to forward every query")
-    probe_s = time.perf_counter() - started
-    started, rejects = time.perf_counter(), 0
-    for query in queries:
-        decision = await generate.decide(backend, query)
-        rejects += decision.reject
-    generate_s = time.perf_counter() - started
-    return RejectCost(round(probe_s * 1000 / len(queries), 1), round(generate_s * 1000 / len(queries), 1),
-                      round(rejects / len(queries), 3))
+        started = time.perf_counter()
+        decision = await policy.decide(backend, query)
+        timing.ms.append((time.perf_counter() - started) * 1000)
+        timing.rejected.append(decision.reject)
+    return timing
+
+
+@contextmanager
+def prefix_cache(backend: Backend, on: bool) -> Iterator[None]:
+    """Score with (as served) or without the KV cache of the shared prompt prefix."""
+    if not hasattr(backend, "prefix_cache"):
+        raise RuntimeError(f"the {backend.kind} backend has no prefix cache switch")
+    before, backend.prefix_cache = backend.prefix_cache, on
+    try:
+        yield
+    finally:
+        backend.prefix_cache = before
+
+
+@dataclass
+class DecisionCosts:
+    generate: Timing  # the paper's policy: its own answers and rejections
+    probe_answer: Timing  # the probe calibrated to answer everything (prefix cache on, as served)
+    probe_reject: Timing  # the probe calibrated to reject everything (prefix cache on, as served)
+    probe_reject_no_cache: Timing  # the same without the prefix cache: as generate prefills
+
+    def both_reject(self) -> list[int]:
+        """Questions that both policies reject (the probe's cost does not depend on its threshold)."""
+        return [i for i, rejected in enumerate(self.generate.rejected) if rejected]
+
+    def figures(self) -> dict[str, float | int | None]:
+        both = self.both_reject()
+        generate_reject = self.generate.mean_ms(both)
+        ratio = lambda probe: None if not both or generate_reject is None else round(probe.mean_ms(both) / generate_reject, 3)  # noqa: E731
+        return {
+            "reject_cost_ratio": ratio(self.probe_reject_no_cache),
+            "reject_cost_ratio_served": ratio(self.probe_reject),
+            "reject_cost_questions": len(both),
+            "rejected_questions_ms": {"generate": generate_reject, "probe_no_cache": self.probe_reject_no_cache.mean_ms(both),
+                                      "probe": self.probe_reject.mean_ms(both)},
+            "decision_questions": len(self.generate.ms),
+            "generate_answer_ms": self.generate.mean_ms(rejected=False),
+            "generate_reject_ms": generate_reject,
+            "probe_answer_ms": self.probe_answer.mean_ms(),
+            "probe_reject_ms": self.probe_reject.mean_ms(),
+            "probe_reject_ms_no_cache": self.probe_reject_no_cache.mean_ms(),
+        }
+
+
+async def decision_costs(backend: Backend, max_tokens: int, questions: list[str] = QUESTIONS) -> DecisionCosts:
+    """Every policy and decision type on the same questions, one at a time."""
+    queries = [Query(messages=[{"role": "user", "content": q}], max_tokens=max_tokens) for q in questions]
+    generate = await time_decisions(backend, GeneratePolicy(), queries)
+    with prefix_cache(backend, True):
+        answer = await time_decisions(backend, ProbePolicy(NEVER_REJECT), queries)
+        reject = await time_decisions(backend, ProbePolicy(ALWAYS_REJECT), queries)
+    with prefix_cache(backend, False):
+        reject_no_cache = await time_decisions(backend, ProbePolicy(ALWAYS_REJECT), queries)
+    if any(answer.rejected) or not all(reject.rejected) or not all(reject_no_cache.rejected):
+        raise RuntimeError("the probe policy did not follow the calibration that forces its decision")
+    return DecisionCosts(generate, answer, reject, reject_no_cache)

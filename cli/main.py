@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     perf.add_argument("--quick", action="store_true", help="small counts and no vLLM: checks the benchmark runs, not the figures")
     perf.add_argument("--vllm-compiled", action="store_true", help="measure vLLM with graph compilation (slower start, faster decoding)")
+    perf.add_argument("--readme", metavar="FILE", help="also regenerate the performance table in FILE (the README) from the figures")
     add_log_options(perf, default_format="console")
     quality = benchmarks.add_parser("quality", help="routing quality through the live mesh against oracle and centralized routers")
     quality.add_argument("--preset", default="smoke", help="smoke (minutes, CI), full, or a preset YAML file (default smoke)")
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from disrouter.bench.perf import main as run_perf
 
-            return run_perf(args.json, quick=args.quick, vllm_compiled=args.vllm_compiled)
+            command = " ".join(["disrouter", *(argv if argv is not None else sys.argv[1:])])
+            return run_perf(args.json, quick=args.quick, vllm_compiled=args.vllm_compiled, readme=args.readme, command=command)
         return run_demo(port=args.port, keep=args.keep, topology=args.topology)
     except MeshError as exc:
         return fail(PROG, exc)
