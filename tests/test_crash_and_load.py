@@ -20,6 +20,7 @@ import msgpack
 import pytest
 from conftest import REGISTRY_TTL_S, REPLIES, Mesh, wait_for
 from rich.console import Console
+from wire_count import WireCount
 
 from disrouter.local.processes import start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.client import MeshClient, MeshError
@@ -239,26 +240,14 @@ async def run_load(url: str, ingress: str, total: int, in_flight: int, id_prefix
     """
     nc = await connect(url, name="load")
     inbox = nc.new_inbox()
-    finals: collections.Counter[str] = collections.Counter()  # final replies (Answer or Error) per send
-    answers: collections.Counter[str] = collections.Counter()  # Answers per query id
-    errors: list[dict] = []
-    routes: collections.Counter[str] = collections.Counter()
-    beats = 0
+    wire = WireCount()
     waiting: dict[str, asyncio.Future] = {}
 
     async def on_reply(msg) -> None:  # noqa: ANN001
-        nonlocal beats
-        data = msgpack.unpackb(msg.data)
-        if "progress" in data:
-            beats += 1
+        data = wire.record(msg.subject, msg.data)
+        if data is None:
             return
         send = msg.subject.rsplit(".", 1)[1]
-        finals[send] += 1
-        if "error" in data:
-            errors.append(data["error"])
-        else:
-            answers[data["id"]] += 1
-            routes["+".join(h["decision"] for h in data["path"])] += 1
         if (future := waiting.pop(send, None)) and not future.done():
             future.set_result(data)
 
@@ -296,13 +285,13 @@ async def run_load(url: str, ingress: str, total: int, in_flight: int, id_prefix
     await nc.close()
     return {
         "sent": total,
-        "answered": len(answers),
+        "answered": len(wire.answers),
         "lost": lost,
-        "duplicated": sum(n - 1 for n in answers.values()) + sum(n - 1 for n in finals.values()),
+        "duplicated": wire.duplicated,
         "overloaded_then_resent": resent,
-        "other_errors": [e for e in errors if e["code"] != "overloaded"],
-        "routes": dict(routes),
-        "heartbeats": beats,
+        "other_errors": [e for e in wire.errors if e["code"] != "overloaded"],
+        "routes": dict(wire.routes),
+        "heartbeats": wire.beats,
         "seconds": round(elapsed, 2),
     }
 
