@@ -11,7 +11,9 @@ import pytest
 from conftest import Mesh
 from test_cli import BIN, run_cli
 
+from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA
 from disrouter.node.calibration import CALIBRATION_FILENAME, load_calibration
+from disrouter.training.pipeline import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "training" / "configs" / "smoke.yaml"
@@ -68,7 +70,7 @@ async def test_the_trained_model_routes_live_queries(smoke_run: Path, mesh: Mesh
         await mesh.all_see({node_id}, timeout=120)
         client = await mesh.client()
 
-        answers = await asyncio.gather(*(client.ask(q, timeout=120, max_tokens=16) for q in ("What is 2 + 3?", "What is 4718 * 8391?")))
+        answers = await asyncio.gather(*(client.ask(q, timeout=120, max_tokens=16) for q in ("Which planet is known as the Red Planet?", "Who was the mayor of Ulm in 1712?")))
 
         for answer in answers:
             assert answer.path[0].node_id == node_id and answer.path[-1].decision in ("answer", "forced")
@@ -104,3 +106,15 @@ async def test_a_missing_config_file_is_one_readable_line() -> None:
     code, _, err = await run_cli("disrouter", "train", "probe", "--config", "/no/such.yaml")
 
     assert code != 0 and err.strip() == "disrouter train: error: config file /no/such.yaml does not exist"
+
+
+def test_alphas_and_gamma_are_set_once_for_every_stage(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model: x\ntasks: {synthetic: {}}\nout: o\nalphas: [0.3, 0.7]\ngamma: 0.25\nrl: {max_steps: 2}\n")
+    config = TrainConfig.load(path)
+
+    assert config.section("sft") == {"alphas": [0.3, 0.7]}
+    assert config.section("rl") == {"max_steps": 2, "alphas": [0.3, 0.7], "gamma": 0.25}
+    assert config.section("eval") == {"alphas": [0.3, 0.7], "gamma": 0.25} and config.section("probe") == {}
+    path.write_text("model: x\ntasks: {synthetic: {}}\nout: o\n")
+    assert TrainConfig.load(path).section("eval") == {"alphas": list(DEFAULT_ALPHAS), "gamma": DEFAULT_GAMMA}
