@@ -183,10 +183,10 @@ class _Exchange:
         attempt() ──► WAITING ──reply(): Answer──────────────────────────► ANSWERED
                       │  ▲ ▲
                       │  │ └─reply(): Progress (arms the stall timer), Chunk (yielded)
-                      │  └───silence(): the holder died: re-send() on a new subject
+                      │  └───silence(): the holder died: send again on a new subject
                       │      (after MAX_RESENDS the timer is off; after Chunks: `interrupted`)
-                      ├──deadline passed ──► OVER ── retry left: attempt() again
-                      └──no responders ───► OVER       none: gave_up() (`timeout`, `unavailable`)
+                      ├──deadline passed ──► OVER: attempt_over() (`timeout` once Chunks went out)
+                      └──no responders ───►    ── retry left: attempt() again; none: gave_up()
         (an Error reply raises at once, as does a denial the server reported)
     """
 

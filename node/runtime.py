@@ -232,7 +232,7 @@ class Node:
         confirm = isinstance(arrived, HandOff) and bool(msg.reply)  # the sender waits for +ACK or -NAK
         full = len(self._held) >= self.settings.max_in_flight
         if confirm and (full or self._draining):  # the sender tries its next target
-            await self._refuse(msg, full)
+            await self._refuse(msg, full=full and not self._draining)
             return
         if full:
             await self._overflow(handoff)
@@ -260,7 +260,8 @@ class Node:
             handoff = HandOff(query=arrived, reply_to=msg.reply, wire=wire_format_of(msg.data))
         return handoff.model_copy(update={"query": handoff.query.with_deadline(self.settings.default_timeout_s)})
 
-    async def _refuse(self, msg: Msg, full: bool) -> None:
+    async def _refuse(self, msg: Msg, *, full: bool) -> None:
+        """-NAK a hand-off: the sender tries its next target (counted when the node is full, not draining)."""
         if full:
             self.stats.refused += 1
             self._log.info("handoff_refused_full", held=len(self._held))
