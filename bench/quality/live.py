@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +63,7 @@ class LiveMesh:
         keys = list(self.nodes) if keys is None else list(keys)
         stop_nodes([self.nodes.pop(key) for key in keys if key in self.nodes])
 
-    async def ask(self, tasks: Sequence[Task], alpha: float, preset: Preset, on_done=None) -> list[Reply]:  # noqa: ANN001
+    async def ask(self, tasks: Sequence[Task], alpha: float, preset: Preset, on_done: Callable[[], None] | None = None) -> list[Reply]:
         """Every task through the ingress at ``alpha``, ``in_flight`` at once."""
         gate = asyncio.Semaphore(preset.in_flight)
         async with await MeshClient.connect(self.nats_url, self.prefix) as client:

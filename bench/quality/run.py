@@ -31,6 +31,7 @@ Method = Callable[[str, str, list[Tier], float], list[Outcome]]
 
 
 def progress_bar(console: Console) -> Progress:
+    """A bar per job (labels of a tier, one live run), cleared when done."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
 
 
@@ -86,6 +87,7 @@ def offline_methods(preset: Preset, splits: dict[str, list[Task]], labels: Label
 
 
 def offline_rows(preset: Preset, splits: dict[str, list[Task]], methods: dict[str, Method]) -> list[dict[str, Any]]:
+    """A row per (split, pool, alpha) for each router computed from labels."""
     rows = []
     for split in EVAL_SPLITS:
         for pool, members in preset.pools().items():
