@@ -21,12 +21,14 @@ from disrouter.topologies import topology_path
 from .nats_server import NatsServer
 from .processes import NodeProcess, start_node, stop_nodes, wait_until_registered
 
+# Shaped like none of the few-shot demonstrations in node/prompts.py (a product of big numbers, a
+# capital, a sports winner, a "how many"), so a rejection is the model's own and not a copied pattern.
 QUESTIONS = [
-    "What is the capital of France?",
-    "How many legs does a dog have?",
-    "What is 2 + 2?",
+    "Which planet is known as the Red Planet?",
+    "What is the chemical symbol for gold?",
+    "Who painted the Mona Lisa?",
     "Who wrote Romeo and Juliet?",
-    "What is 4718 * 8391?",
+    "Who was the mayor of Ulm in 1712?",
     "What is the integral of x^3 * ln(x) dx?",
 ]
 console = Console(width=None if sys.stdout.isatty() else 140)

@@ -23,7 +23,7 @@ async def test_three_tier_cascade_rejects_until_the_last_tier_answers(mesh: Mesh
     await mesh.all_see({n.card.node_id for n in mesh.nodes})
     client = await mesh.client()
 
-    answer = await client.ask("What is 4718 * 8391?", timeout=30, max_tokens=12)
+    answer = await client.ask("Who was the mayor of Ulm in 1712?", timeout=30, max_tokens=12)
 
     assert route(answer) == [("t1", "reject"), ("t2", "reject"), ("t3", "forced")]
     assert answer.node_id == last.card.node_id and answer.model == "t3"

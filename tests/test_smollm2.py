@@ -30,9 +30,10 @@ async def test_smollm2_answers_an_easy_question_through_the_mesh(smollm2_mesh: M
 
 
 async def test_smollm2_under_the_scenario_instruction_can_say_the_reject_phrase(smollm2_folder: Path) -> None:
-    """The untrained model, prompted as the generate policy prompts it, rejects a hard product."""
+    """The untrained model, prompted as the generate policy prompts it, says the phrase for a question
+    no demonstration resembles (its judgement is poor: this one is easy, and it still rejects it)."""
     backend = load_backend("transformers", str(smollm2_folder))
-    chat = with_scenario([{"role": "user", "content": "What is 4718 * 8391?"}], alpha=0.5)
+    chat = with_scenario([{"role": "user", "content": "Who wrote Romeo and Juliet?"}], alpha=0.5)
 
     generation = await backend.generate(GenerationRequest(messages=chat, max_tokens=16))
     await backend.close()
@@ -51,7 +52,7 @@ async def test_probe_scores_with_a_cached_prompt_prefix_equal_a_full_prefill(smo
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
     phrase_ids = tokenizer("I don't know!", add_special_tokens=False)["input_ids"]
 
-    for question in ("What is the capital of France?", "What is 4718 * 8391?", "What is the capital of France?"):
+    for question in ("Which planet is known as the Red Planet?", "Who was the mayor of Ulm in 1712?", "Which planet is known as the Red Planet?"):
         chat = with_scenario([{"role": "user", "content": question}], alpha=0.5)
         cached, prompt_tokens = await backend.continuation_logprob(chat, "I don't know!")
 

@@ -126,14 +126,14 @@ async def test_prompt_longer_than_the_context_is_refused(backend: VLLMBackend) -
 
 
 async def test_probe_policy_reads_p_reject_from_the_engine(backend: VLLMBackend) -> None:
-    """The probe policy on vLLM: arithmetic it cannot do scores a higher P(reject) than a fact it knows."""
+    """The probe policy on vLLM: an obscure fact scores a higher P(reject) than a fact it knows."""
     never = Calibration(thresholds={0.5: 1.0})  # forward nothing: answer, with the reject phrase suppressed
     policy = ProbePolicy(never)
 
-    easy = await policy.decide(backend, Query(question="What is the capital of France?", max_tokens=16))
-    hard = await policy.decide(backend, Query(question="What is 4718 * 8391?", max_tokens=16))
+    easy = await policy.decide(backend, Query(question="Which planet is known as the Red Planet?", max_tokens=16))
+    hard = await policy.decide(backend, Query(question="Who was the mayor of Ulm in 1712?", max_tokens=16))
 
-    assert not easy.reject and "Paris" in easy.generation.text
+    assert not easy.reject and "Mars" in easy.generation.text
     assert hard.reject_prob > easy.reject_prob > 0
     assert not is_reject(hard.generation.text)
 
@@ -151,10 +151,10 @@ async def test_a_vllm_node_answers_and_rejects_over_nats(mesh: Mesh, nats_url: s
         await mesh.all_see({"vllm-small"}, timeout=240)
         client = await mesh.client()
 
-        easy = await client.ask("What is the capital of France?", timeout=120, max_tokens=24)
-        hard = await client.ask("What is 4718 * 8391?", timeout=120, max_tokens=24)
+        easy = await client.ask("Which planet is known as the Red Planet?", timeout=120, max_tokens=24)
+        hard = await client.ask("Who wrote Romeo and Juliet?", timeout=120, max_tokens=24)  # the untrained model rejects it
 
-        assert easy.node_id == "vllm-small" and "Paris" in easy.text, easy
+        assert easy.node_id == "vllm-small" and "Mars" in easy.text, easy
         assert [(hop.model, hop.decision) for hop in hard.path] == [("small", "reject"), ("large", "answer")], hard
         assert hard.text == REPLIES["tier-c"]
     finally:
