@@ -9,6 +9,8 @@ yields the reply, then end-of-turn. They run through the same code as any model.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -53,3 +55,37 @@ def build_scripted_model(tokenizer: PreTrainedTokenizerBase, reply: str, folder:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class SlowForward:
+    """Test double for a slow device: every forward pass of ``model`` takes ``seconds`` longer, and
+    pass number ``hold_at`` (if given) blocks until ``release`` is set, like a pass that hangs.
+
+    ``calls`` counts forward passes (prefill and decoding steps); ``held`` is set when the held pass
+    starts waiting and ``resumed`` when it goes on (released, or after 60 s). ``hanging()`` says
+    whether it waits now. ``remove()`` restores the model and releases any held pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, seconds: float = 0.0, hold_at: int | None = None) -> None:
+        self.seconds = seconds
+        self.hold_at = hold_at
+        self.calls = 0
+        self.held = threading.Event()
+        self.resumed = threading.Event()
+        self.release = threading.Event()
+        self._handle = model.register_forward_pre_hook(self._before)
+
+    def _before(self, module: torch.nn.Module, args: tuple) -> None:
+        self.calls += 1
+        if self.calls == self.hold_at:
+            self.held.set()
+            self.release.wait(timeout=60)
+            self.resumed.set()
+        time.sleep(self.seconds)
+
+    def hanging(self) -> bool:
+        return self.held.is_set() and not self.resumed.is_set()
+
+    def remove(self) -> None:
+        self.release.set()
+        self._handle.remove()
