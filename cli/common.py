@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from disrouter.mesh.connection import NatsAuth, default_nats_url
@@ -118,3 +119,13 @@ def fail(prog: str, message: object) -> int:
     """Print one error line for ``prog`` and return the exit status for failures."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 1
+
+
+def run_command(prog: str, run: Callable[[], int], errors: tuple[type[BaseException], ...]) -> int:
+    """``run()``'s exit status: one error line (status 1) for the ``errors`` it expects, 130 on Ctrl-C."""
+    try:
+        return run()
+    except errors as exc:
+        return fail(prog, exc)
+    except KeyboardInterrupt:
+        return 130

@@ -23,7 +23,7 @@ from disrouter.mesh.protocol import Answer
 from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects
 from disrouter.mesh.topology import TopologyError
 
-from .common import OneLineParser, add_log_options, add_nats_options, fail, nats_auth
+from .common import OneLineParser, add_log_options, add_nats_options, nats_auth, run_command
 
 PROG = "disrouter"
 
@@ -137,35 +137,36 @@ async def run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPECTED_ERRORS = (MeshError, NodeStartError, MeshConnectionError, NatsServerError, TopologyError, ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "nats":
-            return run_nats(args)
-        if args.command in ("status", "ask"):
-            configure_logging("console", "error")  # their failures are one line each; no warnings on stdout
-            return asyncio.run(run_status(args) if args.command == "status" else run_ask(args))
-        configure_logging(args.log_format, args.log_level)
-        if args.command == "train":
-            from disrouter.training.cli import main as run_train
+    return run_command(PROG, lambda: _run(args, argv), EXPECTED_ERRORS)
 
-            return run_train(args.stage, args.config, args.out, progress=not args.no_progress)
-        if args.command == "bench" and args.benchmark == "quality":
-            from disrouter.bench.quality.run import main as run_quality
 
-            return run_quality(args.preset, args.out)
-        if args.command == "bench":
-            from disrouter.bench.perf import main as run_perf
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Run the chosen subcommand; its exit status."""
+    if args.command == "nats":
+        return run_nats(args)
+    if args.command in ("status", "ask"):
+        configure_logging("console", "error")  # their failures are one line each; no warnings on stdout
+        return asyncio.run(run_status(args) if args.command == "status" else run_ask(args))
+    configure_logging(args.log_format, args.log_level)
+    if args.command == "train":
+        from disrouter.training.cli import main as run_train
 
-            command = " ".join(["disrouter", *(argv if argv is not None else sys.argv[1:])])
-            return run_perf(args.json, quick=args.quick, vllm_compiled=args.vllm_compiled, readme=args.readme, command=command)
-        return run_demo(port=args.port, keep=args.keep, topology=args.topology)
-    except MeshError as exc:
-        return fail(PROG, exc)
-    except (NodeStartError, MeshConnectionError, NatsServerError, TopologyError, ValueError, OSError) as exc:
-        return fail(PROG, exc)
-    except KeyboardInterrupt:
-        return 130
+        return run_train(args.stage, args.config, args.out, progress=not args.no_progress)
+    if args.command == "bench" and args.benchmark == "quality":
+        from disrouter.bench.quality.run import main as run_quality
+
+        return run_quality(args.preset, args.out)
+    if args.command == "bench":
+        from disrouter.bench.perf import main as run_perf
+
+        command = " ".join(["disrouter", *(argv if argv is not None else sys.argv[1:])])
+        return run_perf(args.json, quick=args.quick, vllm_compiled=args.vllm_compiled, readme=args.readme, command=command)
+    return run_demo(port=args.port, keep=args.keep, topology=args.topology)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import uuid
 
 import structlog
 
-from disrouter.cli.common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, fail, nats_auth
+from disrouter.cli.common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, nats_auth, run_command
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
 from disrouter.mesh.membership import NodeCard
@@ -25,6 +25,7 @@ from .settings import BackendSettings, ConfigError, NodeSettings
 
 PROG = "disrouter-node"
 BACKEND_GROUPS = {"vllm": "vLLM engine (--backend vllm)", "openai": "OpenAI-compatible endpoint (--backend openai)"}
+EXPECTED_ERRORS = (ConfigError, CalibrationError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError)
 log = structlog.get_logger("disrouter.node.cli")
 
 
@@ -109,12 +110,7 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
-    try:
-        return asyncio.run(serve(args))
-    except (ConfigError, CalibrationError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError) as exc:
-        return fail(PROG, exc)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(PROG, lambda: asyncio.run(serve(args)), EXPECTED_ERRORS)
 
 
 if __name__ == "__main__":
