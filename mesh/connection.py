@@ -7,6 +7,7 @@ Credentials come from the URL (``nats://user:pass@host``), from ``NatsAuth`` fie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import ssl
@@ -210,8 +211,13 @@ class MeshNats(TlsRequiringClient):
             self._denied.pop(task, None)
 
 
-def _connect_error(errors: list[BaseException], servers: str) -> MeshConnectionError:
-    """One readable error from what the attempts raised: refused credentials and TLS trouble first."""
+def _connect_error(errors: list[BaseException], servers: str, tls: bool = False) -> MeshConnectionError:
+    """One readable error from what the attempts raised: refused credentials and TLS trouble first.
+
+    With TLS, a server that refuses the client's certificate (or its absence) may just drop the
+    socket after the handshake; the client then sees a broken pipe, a reset or an EOF, depending
+    on timing. Those count as a refused handshake too.
+    """
     texts = [(exc, str(exc) or type(exc).__name__) for exc in errors]
     for exc, text in texts:
         if isinstance(exc, nats_errors.AuthorizationError) or "authorization violation" in text.lower():
@@ -223,7 +229,16 @@ def _connect_error(errors: list[BaseException], servers: str) -> MeshConnectionE
             return MeshAuthError(f"NATS at {servers}: TLS handshake failed ({exc.reason or exc})")
         if "tls was asked for" in text.lower():
             return MeshAuthError(f"NATS at {servers} does not offer TLS, which --nats-ca/--nats-cert require")
+    for exc, text in texts:
+        if tls and _dropped(exc, text):
+            return MeshAuthError(f"NATS at {servers} closed the TLS connection ({text}): it may require a client certificate (--nats-cert and --nats-key) or refuse this one")
     return MeshConnectionError(f"cannot reach NATS at {servers} ({texts[-1][1] if texts else 'no attempt made'})")
+
+
+def _dropped(exc: BaseException, text: str) -> bool:
+    """The peer closed an established connection (not: refused or unreachable)."""
+    closed = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError, asyncio.IncompleteReadError)
+    return isinstance(exc, closed) or any(sign in text.lower() for sign in ("broken pipe", "connection reset", "unexpected eof"))
 
 
 async def _first_connect(connecting: Coroutine[Any, Any, None], tls_failed: asyncio.Event) -> None:
@@ -292,7 +307,11 @@ async def connect(urls: str | list[str] | None = None, name: str = "disrouter", 
     except Exception as exc:
         if isinstance(exc, nats_errors.NoServersError) and attempts:
             exc = attempts.pop()  # the last attempt's own error says more
-        raise _connect_error([*attempts, exc], shown) from None
+        raise _connect_error([*attempts, exc], shown, tls=nc.require_tls) from None
+    if not nc.is_connected:  # nats-py 2.16 returns when the server closed the socket instead of answering PING
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2)
+        raise _connect_error([*attempts, ConnectionResetError("the server closed the connection instead of answering")], shown, tls=nc.require_tls)
     nc.options["max_reconnect_attempts"] = settings["max_reconnect_attempts"]
     connected = True
     log.debug("nats_connected", server=nc.server, name=name)

@@ -26,7 +26,7 @@ from nats.js.errors import BucketNotFoundError
 
 from disrouter.local.nats_server import NatsServer
 from disrouter.mesh.client import MeshClient
-from disrouter.mesh.connection import MeshAuthError, MeshPermissionError, NatsAuth, connect, redact
+from disrouter.mesh.connection import MeshAuthError, MeshConnectionError, MeshPermissionError, NatsAuth, connect, redact
 from disrouter.mesh.membership import list_cards, open_registry
 from disrouter.mesh.protocol import Answer, decode_query, encode
 from disrouter.mesh.subjects import Subjects
@@ -430,3 +430,54 @@ async def test_mutual_tls_needs_the_client_certificate(pki: Pki, tmp_path: Path)
             one_line_error(code, err, "--nats-cert and --nats-key")
         finally:
             await responder.close()
+
+
+async def dropping_server(pki: Pki | None, how: str):  # noqa: ANN201 - asyncio.Server
+    """A fake NATS server that sends INFO, upgrades to TLS when given a PKI, then drops the socket:
+    how a server that refuses the client's certificate may end the session (``how``: "close"
+    for a clean close, "reset" for a TCP reset)."""
+    import socket
+    import ssl
+    import struct
+
+    context = None
+    if pki is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info = {"server_id": "fake", "version": "2.10.0", "proto": 1, "max_payload": 1048576, "tls_required": context is not None}
+        writer.write(f"INFO {json.dumps(info)}\r\n".encode())
+        await writer.drain()
+        if context is not None:
+            await writer.start_tls(context)
+        if how == "reset":
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort() if how == "reset" else writer.close()
+
+    return await asyncio.start_server(session, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_tls_session_the_server_drops_is_a_refused_handshake(pki: Pki, how: str) -> None:
+    """However the socket closes after the TLS upgrade (EOF, broken pipe, reset), it is an auth error."""
+    if not hasattr(asyncio.StreamWriter, "start_tls"):
+        pytest.skip("the fake server needs StreamWriter.start_tls (Python 3.11+)")
+    server = await dropping_server(pki, how)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(MeshAuthError, match="--nats-cert and --nats-key"):
+            await asyncio.wait_for(connect(f"nats://127.0.0.1:{port}", auth=NatsAuth(ca=str(pki.ca))), 30)
+    finally:
+        server.close()
+
+
+async def test_a_plain_session_the_server_drops_is_a_connection_error() -> None:
+    server = await dropping_server(None, "close")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(MeshConnectionError) as caught:
+            await asyncio.wait_for(connect(f"nats://127.0.0.1:{port}", auth=NatsAuth()), 30)
+    finally:
+        server.close()
+    assert not isinstance(caught.value, MeshAuthError)
