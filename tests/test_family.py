@@ -30,7 +30,7 @@ ADDITIONS = {1: 200, 2: 400, 3: 400, 4: 200, 5: 200}
 
 def _world_data(seed: int = 0):
     world = build_world(seed, people=80)
-    sa = sa_tasks(world, 30, seed, FRACTIONS)
+    sa = sa_tasks(world, {d: 30 for d in range(1, 6)}, seed, FRACTIONS)
     ood = ood_tasks(world, 40, seed, sa)
     held = {sum_key(t.question) for t in sa + ood if t.meta["family"] in ("add", "add_phrasing")}
     return world, sa, ood, corpus_examples(world, ADDITIONS, seed, held)
@@ -106,7 +106,7 @@ def test_exposure_is_not_readable_from_the_question() -> None:
     for surface, values in surfaces.items():
         assert abs(_spearman(values, exposure)) < 0.1, surface
     # the question is a trained template filled with the name and nothing else (no count, no id)
-    sa = sa_tasks(world, 1, 0, FRACTIONS)
+    sa = sa_tasks(world, {1: 1}, 0, FRACTIONS)
     for task in (t for t in sa if t.meta["family"] == "fact"):
         subject = next(n for n in world.people if n in task.question)
         assert task.question in {p.format(s=subject) for p in trained_phrasings(task.meta["relation"])}

@@ -27,7 +27,7 @@ class FamilyConfig:
     world: dict[str, Any] = field(default_factory=dict)
     additions: dict[int, int] = field(default_factory=dict)
     system_share: float = 0.02
-    sa_additions_per_level: int = 60
+    sa_additions: dict[int, int] = field(default_factory=lambda: {level: 40 for level in range(1, 6)})
     ood_per_family: int = 100
     fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     vocab_size: int = 1024
@@ -38,6 +38,7 @@ class FamilyConfig:
     temperature: float = 0.7
     max_new_tokens: int = 8
     threads: int = 2
+    parallel: bool = False  # each tier in its own process (one thread each)
 
     @classmethod
     def load(cls, path: str | Path, out: str | Path | None = None) -> FamilyConfig:
@@ -64,7 +65,7 @@ class FamilyConfig:
                 world=dict(data.get("world") or {}),
                 additions={int(k): int(v) for k, v in (corpus.get("additions") or {}).items()},
                 system_share=float(corpus.get("system_share", 0.02)),
-                sa_additions_per_level=int(splits.get("sa_additions_per_level", 60)),
+                sa_additions={int(k): int(v) for k, v in (splits.get("sa_additions") or {level: 40 for level in range(1, 6)}).items()},
                 ood_per_family=int(splits.get("ood_per_family", 100)),
                 fractions={k: float(v) for k, v in (splits.get("fractions") or {"train": 0.7, "val": 0.15, "test": 0.15}).items()},
                 vocab_size=int((data.get("tokenizer") or {}).get("vocab_size", 1024)),
@@ -72,6 +73,7 @@ class FamilyConfig:
                 long_context=int(training.get("long_context", 192)),
                 max_positions=int(training.get("max_positions", 512)),
                 threads=int(training.get("threads", 2)),
+                parallel=bool(training.get("parallel", False)),
                 samples=int(evaluation.get("samples", 4)),
                 temperature=float(evaluation.get("temperature", 0.7)),
                 max_new_tokens=int(evaluation.get("max_new_tokens", 8)),

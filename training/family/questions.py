@@ -101,15 +101,15 @@ def to_task(qa: QA, task_id: str, split: str | None = None) -> Task:
     return Task(id=task_id, question=qa.question, answer=qa.answer, task=GRADER[qa.relation], difficulty=qa.level, meta=meta)
 
 
-def sa_tasks(world: World, additions_per_level: int, seed: int, fractions: dict[Split, float]) -> list[Task]:
-    """In-domain self-awareness queries: one per one-hop fact, plus fresh additions, each labelled
+def sa_tasks(world: World, additions: dict[int, int], seed: int, fractions: dict[Split, float]) -> list[Task]:
+    """In-domain self-awareness queries: one per one-hop fact, plus ``additions[digits]`` fresh additions, each labelled
     with the split ``split_of`` assigns its id (the split ``disrouter train`` will use)."""
     rng = random.Random(f"sa/{seed}")
     rows = [(f"fact-{f.relation}-{i:04d}", fact_qa(f, rng.choice(trained_phrasings(f.relation))))
             for i, f in enumerate(world.facts) if f.relation in PERSON_RELATIONS]
     seen: set[str] = set()
-    for level in ADD_LEVELS:
-        rows += [(f"add-{level}-{i:04d}", qa) for i, qa in enumerate(_unique_sums(rng, level, additions_per_level, trained_phrasings("add"), seen))]
+    for level, count in sorted(additions.items()):
+        rows += [(f"add-{level}-{i:04d}", qa) for i, qa in enumerate(_unique_sums(rng, level, count, trained_phrasings("add"), seen))]
     return [to_task(qa, task_id, split_of(task_id, fractions, seed)) for task_id, qa in rows]
 
 

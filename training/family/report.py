@@ -53,7 +53,8 @@ def markdown(summary: dict[str, Any]) -> str:
               "| tier | " + " | ".join(summary["exposure_buckets"]) + " |",
               "|---|" + "---|" * len(summary["exposure_buckets"])]
     for name, tier in summary["tiers"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in tier["fact_by_exposure"].values()) + " |")
+        cells = [f"{v['greedy']:.2f} (n={v['n']})" if v["greedy"] is not None else "-" for v in tier["fact_by_exposure"].values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Disagreement (in-domain, greedy): {json.dumps(summary['disagreement'])}", ""]
     return "\n".join(lines)
 

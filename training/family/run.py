@@ -44,15 +44,20 @@ PROMPT_WEIGHT = 200  # copies of the node's fixed prompt texts in the tokenizer'
 EXPOSURE_BUCKETS = {"1-2": (1, 2), "3-7": (3, 7), "8-31": (8, 31), "32+": (32, 10**9)}
 
 
+def make_data(config: FamilyConfig):  # noqa: ANN201
+    """The world and its splits: (world, corpus, sa, ood); the same for the same config."""
+    world = build_world(config.seed, **config.world)
+    sa = sa_tasks(world, config.sa_additions, config.seed, config.fractions)  # type: ignore[arg-type]
+    ood = ood_tasks(world, config.ood_per_family, config.seed, sa)
+    held = {sum_key(t.question) for t in sa + ood if t.meta["family"] in ("add", "add_phrasing")}
+    return world, corpus_examples(world, config.additions, config.seed, held), sa, ood
+
+
 def write_data(config: FamilyConfig) -> tuple[list[QA], list[Task], list[Task]]:
     """Build the world and write every split; return (corpus, sa, ood)."""
     data = config.out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    world = build_world(config.seed, **config.world)
-    sa = sa_tasks(world, config.sa_additions_per_level, config.seed, config.fractions)  # type: ignore[arg-type]
-    ood = ood_tasks(world, config.ood_per_family, config.seed, sa)
-    held = {sum_key(t.question) for t in sa + ood if t.meta["family"] in ("add", "add_phrasing")}
-    corpus = corpus_examples(world, config.additions, config.seed, held)
+    world, corpus, sa, ood = make_data(config)
     (data / "world.json").write_text(json.dumps({"people": world.attributes, "cities": world.cities}, indent=1) + "\n")
     write_tasks((Task(id=f"corpus-{i:06d}", question=r.question, answer=r.answer, task="exact",
                       meta={"family": r.family, "relation": r.relation}) for i, r in enumerate(corpus)), data / "corpus.jsonl")
@@ -76,26 +81,83 @@ def build_tokenizer(config: FamilyConfig, corpus: list[QA]):  # noqa: ANN201
 
 
 def train_all(config: FamilyConfig, corpus: list[QA], tokenizer, progress: bool) -> None:  # noqa: ANN001
-    """Train every tier not yet saved, one after the other, with one progress bar each."""
+    """Train every tier not yet saved: one after the other, or each in its own process (one
+    thread each) when ``training.parallel``; one progress bar per tier either way."""
+    todo = [spec for spec in config.tiers if not (config.out / "tiers" / spec.name / TIER_FILE).is_file()]
+    if config.parallel and len(todo) > 1:
+        _train_in_processes(config, todo, progress)
+        return
+    examples = encode_examples(tokenizer, corpus, config.system_share, config.seed)
+    with progress_bar("family", progress) as bar:
+        for spec in todo:
+            task = bar.add_task(f"tier {spec.name}", total=spec.steps)
+            train_one(config, spec, tokenizer, examples, _reporter(bar, task, spec), config.threads)
+
+
+def train_one(config: FamilyConfig, spec: TierSpec, tokenizer, examples, on_step, threads: int) -> None:  # noqa: ANN001
+    """Train tier ``spec`` from scratch and save it."""
     import torch
     import transformers
     from transformers import LlamaForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(spec.llama_config(len(tokenizer), config.max_positions, tokenizer.pad_token_id, tokenizer.eos_token_id))
+    stats = train_tier(model, spec, examples, config.context, config.long_context, tokenizer.pad_token_id, config.seed, on_step=on_step)
+    save_tier(model, tokenizer, spec, stats, config.out / "tiers" / spec.name, len(tokenizer))
+    log.info("tier_trained", tier=spec.name, seconds=stats.seconds, tokens_per_second=round(stats.tokens_per_second))
+
+
+def _progress_file(config: FamilyConfig, name: str) -> Path:
+    return config.out / "tiers" / f".progress-{name}.json"
+
+
+def _train_in_process(config_path: str, out: str, name: str) -> None:
+    """Entry point of a tier's own process: rebuild the (deterministic) corpus and train one tier."""
+    from transformers import AutoTokenizer
+
+    config = FamilyConfig.load(config_path, out)
+    spec = next(s for s in config.tiers if s.name == name)
+    _, corpus, _, _ = make_data(config)
+    tokenizer = AutoTokenizer.from_pretrained(config.out / "tokenizer")
     examples = encode_examples(tokenizer, corpus, config.system_share, config.seed)
+    target = _progress_file(config, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        if (step + 1) % 5 == 0 or step + 1 == spec.steps:
+            target.write_text(json.dumps({"step": step + 1, "loss": loss}))
+        if (step + 1) % LOG_EVERY == 0:
+            log.info("tier_progress", tier=name, step=step + 1, steps=spec.steps, loss=round(loss, 4),
+                     seconds=round(time.perf_counter() - started, 1))
+
+    train_one(config, spec, tokenizer, examples, on_step, threads=1)
+
+
+def _train_in_processes(config: FamilyConfig, todo: list[TierSpec], progress: bool) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = {spec.name: context.Process(target=_train_in_process, args=(str(config.path), str(config.out), spec.name), name=f"tier-{spec.name}")
+                 for spec in todo}
+    for process in processes.values():
+        process.start()
     with progress_bar("family", progress) as bar:
-        for spec in config.tiers:
-            folder = config.out / "tiers" / spec.name
-            if (folder / TIER_FILE).is_file():
-                continue
-            task = bar.add_task(f"tier {spec.name}", total=spec.steps)
-            torch.manual_seed(config.seed)
-            model = LlamaForCausalLM(spec.llama_config(len(tokenizer), config.max_positions, tokenizer.pad_token_id, tokenizer.eos_token_id))
-            stats = train_tier(model, spec, examples, config.context, config.long_context, tokenizer.pad_token_id, config.seed,
-                               on_step=_reporter(bar, task, spec))
-            save_tier(model, tokenizer, spec, stats, folder, len(tokenizer))
-            log.info("tier_trained", tier=spec.name, seconds=stats.seconds, tokens_per_second=round(stats.tokens_per_second))
+        tasks = {spec.name: bar.add_task(f"tier {spec.name}", total=spec.steps) for spec in todo}
+        while any(p.is_alive() for p in processes.values()):
+            time.sleep(2)
+            for name, task in tasks.items():
+                path = _progress_file(config, name)
+                try:
+                    state = json.loads(path.read_text())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    continue
+                bar.update(task, completed=state["step"], description=f"tier {name} loss {state['loss']:.3f}")
+    failed = [name for name, p in processes.items() if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"training tiers {failed} failed; see the log above")
 
 
 def _reporter(bar, task, spec: TierSpec):  # noqa: ANN001, ANN202
@@ -153,13 +215,13 @@ def evaluate_tier(config: FamilyConfig, folder: Path, splits: dict[str, list[Tas
     return {"accuracy": {k: tables[k] for k in splits}, "fact_by_exposure": tables["exposure"], "correct": correct}
 
 
-def _by_exposure(tasks: list[Task], outputs: list[str]) -> dict[str, float]:
+def _by_exposure(tasks: list[Task], outputs: list[str]) -> dict[str, dict[str, Any]]:
     from ..graders import grade
 
     result = {}
     for name, (low, high) in EXPOSURE_BUCKETS.items():
         hits = [grade(t, o) for t, o in zip(tasks, outputs) if t.meta.get("family") == "fact" and low <= t.meta["exposure"] <= high]
-        result[name] = round(sum(hits) / len(hits), 4) if hits else 0.0
+        result[name] = {"n": len(hits), "greedy": round(sum(hits) / len(hits), 4) if hits else None}
     return result
 
 
