@@ -53,6 +53,7 @@ class MeshClient:
     def __init__(self, nc: NATS, prefix: str = DEFAULT_PREFIX, *, owns_connection: bool = False) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
+        self.target = self.subjects.ingress  # where queries go: the ingress, or one tier's subject (to_tier)
         self._owns_connection = owns_connection
         self.resends = 0  # queries sent again because their holder went silent (for tests and metrics)
 
@@ -65,6 +66,12 @@ class MeshClient:
         Raises MeshConnectionError (MeshAuthError for refused credentials or TLS); ``options`` go to nats-py.
         """
         return cls(await connect(urls, name="disrouter-client", auth=auth, **options), prefix, owns_connection=True)
+
+    def to_tier(self, model_key: str) -> "MeshClient":
+        """A client on the same connection that sends to one tier's subject (any of its replicas takes it)."""
+        tier = MeshClient(self.nc, self.subjects.prefix)
+        tier.target = self.subjects.model(model_key)
+        return tier
 
     async def __aenter__(self) -> "MeshClient":
         return self
@@ -158,7 +165,7 @@ class MeshClient:
     async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool) -> None:
         """Publish one send of the query; ``flush`` makes the server report a denial at once
         (the wait loop raises it as ``forbidden``)."""
-        await self.nc.publish(self.subjects.ingress, payload, reply=reply)
+        await self.nc.publish(self.target, payload, reply=reply)
         if flush:
             try:
                 await self.nc.flush(timeout=min(timeout, 5.0))
@@ -232,7 +239,7 @@ class _Exchange:
             if wait is None:
                 self.last_error = f"no answer within {self.timeout:g}s"
                 return
-            if denial := self._denial_for(self.client.subjects.ingress):  # reported asynchronously: look each round
+            if denial := self._denial_for(self.client.target):  # reported asynchronously: look each round
                 raise MeshError("forbidden", denial, self.query_id)
             if wait <= 0:
                 await self.silence()
@@ -243,7 +250,7 @@ class _Exchange:
                 continue
             if is_no_responders(msg.data, msg.headers):
                 if msg.subject == self._current:
-                    self.last_error, self.unavailable = f"no node serves {self.client.subjects.ingress}", True
+                    self.last_error, self.unavailable = f"no node serves {self.client.target}", True
                     return
                 continue
             if (event := self.reply(msg)) is not None:
