@@ -83,3 +83,12 @@ def test_the_shipped_allow_list_gives_a_reason_for_every_entry() -> None:
     entries = load_allow_list(ALLOW_LIST)
 
     assert entries and all(len(entry.why) > 20 for entry in entries)
+
+
+def test_a_module_skipped_whole_fails_a_strict_run(tmp_path: Path) -> None:
+    (tmp_path / "test_needs_a_module.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n\ndef test_x():\n    pass\n')
+
+    result = _pytest(tmp_path, "--strict-skips", "--skip-allow-list", _allow(tmp_path, "[]\n"))
+
+    assert result.returncode == 1, result.stdout
+    assert "test_needs_a_module.py: could not import 'no_such_module_here'" in result.stdout
