@@ -14,6 +14,7 @@ from rich.table import Table
 from disrouter.local.demo import run_demo
 from disrouter.local.nats_server import NatsServerError, ensure_port_free, server_command
 from disrouter.local.processes import NodeStartError
+from disrouter.gateway.settings import GatewaySettings
 from disrouter.mesh.client import MeshClient, MeshError
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
@@ -23,7 +24,8 @@ from disrouter.mesh.protocol import Answer
 from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects
 from disrouter.mesh.topology import TopologyError
 
-from .common import OneLineParser, add_log_options, add_nats_options, nats_auth, run_command
+from .common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, nats_auth, run_command
+from .watch import watch
 
 PROG = "disrouter"
 
@@ -35,6 +37,16 @@ def _scenario(value: str) -> str | float:
         raise argparse.ArgumentTypeError(f"--{exc}") from None
 
 
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="DiSRouter: distributed self-routing of LLM queries over NATS.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
@@ -44,10 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     nats.add_argument("--host", default="127.0.0.1")
     nats.add_argument("--store-dir", default=None, help="JetStream storage folder (default: a temporary folder)")
 
-    status = commands.add_parser("status", help="list live nodes")
+    status = commands.add_parser("status", help="list live nodes (--watch: a live view)")
     add_nats_options(status)
     status.add_argument("--prefix", default=DEFAULT_PREFIX)
     status.add_argument("--json", action="store_true", help="print a JSON list of node cards")
+    status.add_argument("--watch", action="store_true", help="a refreshing view: load, counts and latency by tier, joins and leaves")
+    status.add_argument("--interval", type=_positive, default=1.0, metavar="S", help="seconds between refreshes with --watch (default 1)")
+    status.add_argument("--iterations", type=int, default=None, metavar="N", help="stop after N refreshes with --watch (default: until Ctrl-C)")
 
     ask = commands.add_parser("ask", help="ask the mesh a question")
     ask.add_argument("question")
@@ -64,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=None, help="NATS port (default: a free port)")
     demo.add_argument("--topology", default=None, help="topology file (default: the packaged demo.yaml)")
     add_log_options(demo, default_format="console")
+
+    gateway = commands.add_parser("gateway", help="serve an OpenAI-compatible HTTP API in front of the mesh (needs the gateway extra)")
+    add_nats_options(gateway)
+    add_dataclass_options(gateway, GatewaySettings)
+    add_log_options(gateway)
 
     bench = commands.add_parser("bench", help="measure the mesh and the backends")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK", parser_class=OneLineParser)
@@ -97,7 +117,15 @@ def run_nats(args: argparse.Namespace) -> int:
 
 
 async def run_status(args: argparse.Namespace) -> int:
+    if args.watch and args.json:
+        raise ValueError("--watch draws a table; leave out --json")
     nc = await connect(args.nats, name="disrouter-status", auth=nats_auth(args))
+    if args.watch:
+        try:
+            await watch(nc, args.prefix, args.interval, args.iterations)
+        finally:
+            await nc.close()
+        return 0
     try:
         cards = await list_cards(await open_registry(nc, Subjects(args.prefix)))
     finally:
@@ -153,6 +181,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         configure_logging("console", "error")  # their failures are one line each; no warnings on stdout
         return asyncio.run(run_status(args) if args.command == "status" else run_ask(args))
     configure_logging(args.log_format, args.log_level)
+    if args.command == "gateway":
+        try:
+            from disrouter.gateway.server import serve
+        except ImportError as exc:
+            raise ValueError(f"the gateway needs the gateway extra (pip install 'disrouter[gateway]'): {exc}") from None
+        return asyncio.run(serve(dataclass_from_args(GatewaySettings, args), args.nats, nats_auth(args)))
     if args.command == "train":
         from disrouter.training.cli import main as run_train
 
