@@ -1,7 +1,7 @@
 """Deadlines inside generation: a long or hanging generation ends at the query's deadline.
 
-The transformers backend runs on the device named by DISROUTER_TEST_DEVICE (default cpu), so
-bench/gpu-check.sh runs the same tests on a GPU. A slow device is simulated with SlowForward
+The transformers backend runs on the device named by DISROUTER_TEST_DEVICE (default: CUDA when
+available, as the node picks), so a GPU run checks the same. A slow device is simulated with SlowForward
 (tests/scripted_model.py), which delays or holds the scripted model's forward passes.
 """
 
@@ -23,7 +23,7 @@ from disrouter.node.backends.decoding import TextDeltas
 from disrouter.node.backends.sources import resolve
 from disrouter.node.backends.transformers import TransformersBackend
 
-DEVICE = os.environ.get("DISROUTER_TEST_DEVICE", "cpu")
+DEVICE = os.environ.get("DISROUTER_TEST_DEVICE") or None  # None: the backend's default, CUDA when there is one
 TALK = [{"role": "user", "content": "talk forever"}]
 
 
@@ -136,3 +136,16 @@ def test_streamed_text_decodes_a_short_window_per_token_and_matches_the_whole(sm
     assert "".join(pieces) + deltas.rest(whole.strip()) == whole.strip()
     assert all("\ufffd" not in piece for piece in pieces)
     assert len(ids) > 500 and max(widths) <= 8  # no step re-decodes the text so far
+
+
+async def test_closing_the_backend_stops_a_long_generation_at_the_next_step(babbler: TransformersBackend) -> None:
+    slow = SlowForward(babbler._model, seconds=0.02)  # 5,000 tokens would take 100 s
+    try:
+        running = asyncio.create_task(babbler.generate(ask(5000)))
+        await asyncio.sleep(0.5)
+        await babbler.close()
+        cut = await running
+    finally:
+        slow.remove()
+
+    assert cut.finish_reason == "deadline" and 0 < cut.completion_tokens < 500

@@ -1,7 +1,8 @@
 """Hugging Face transformers backend: CPU or CUDA, chat templates, micro-batched generation.
 
-Concurrent requests are collected for a short window and run as one left-padded ``generate``
-call per batch (rows with the same sampling settings), so throughput grows with concurrency.
+Concurrent requests are collected for a short window and decoded as one left-padded batch
+(rows with the same sampling settings; the loop is in ``decoding.py``), so throughput grows
+with concurrency.
 Up to ``concurrency`` batches run at once in worker threads, so a long generation never holds
 back queries that arrive after it started. A query whose deadline passes gets its answer at the
 deadline (``finish_reason="deadline"``) even while a forward pass is still running; its row then
@@ -29,7 +30,7 @@ log = structlog.get_logger("disrouter.node.transformers")
 _PLAIN_TEMPLATE_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a query is itself, whatever it asks
 class _Pending:
     request: GenerationRequest
     row: Row
@@ -97,6 +98,7 @@ class TransformersBackend(Backend):
         self._pool = ThreadPoolExecutor(max_workers=concurrency + 1, thread_name_prefix="generate")
         self._slots = asyncio.Semaphore(concurrency)
         self._queue: deque[_Pending] = deque()
+        self._running: set[_Pending] = set()  # rows of the batches being decoded
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._max_batch = max_batch
@@ -174,11 +176,14 @@ class TransformersBackend(Backend):
         return await loop.run_in_executor(self._pool, self._score_blocking, messages, continuation)
 
     async def close(self) -> None:
+        """Fail queued queries; running ones stop at their next step and get what they decoded ("deadline")."""
         if self._batcher is not None:
             self._batcher.cancel()
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("backend closed"))
+        for pending in self._running:  # stop decoding at the next step instead of finishing every row
+            pending.row.abandoned = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # --- batching -----------------------------------------------------------------------------
@@ -197,6 +202,7 @@ class TransformersBackend(Backend):
                 await self._wakeup.wait()
             await asyncio.sleep(self._window)  # let queries that arrive together share the batch
             batch = self._take_batch()
+            self._running.update(batch)
             work = loop.run_in_executor(self._pool, self._generate_batch, batch)
             work.add_done_callback(lambda done, batch=batch: self._finish(done, batch))
 
@@ -211,15 +217,16 @@ class TransformersBackend(Backend):
 
     def _finish(self, done: asyncio.Future, batch: list[_Pending]) -> None:
         self._slots.release()
+        self._running.difference_update(batch)
         error = done.exception()
         results = None if error else done.result()
         for index, pending in enumerate(batch):
-            if pending.future.done() or pending.row.abandoned:
+            if pending.future.done():
                 continue
-            if error is not None:
+            if error is None:
+                pending.future.set_result(results[index])  # an abandoned row's caller may be gone: harmless
+            elif not pending.row.abandoned:  # (an error nobody awaits would be logged as never retrieved)
                 pending.future.set_exception(error)
-            else:
-                pending.future.set_result(results[index])
 
     # --- blocking work (worker threads) -------------------------------------------------------
 
