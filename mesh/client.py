@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
+from . import tracing
 from .connection import NatsAuth, connect
 from .protocol import Answer, Chunk, Error, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders
 from .subjects import DEFAULT_PREFIX, Subjects
@@ -144,28 +145,29 @@ class MeshClient:
         query_id = query_id or uuid.uuid4().hex
         options = {"progress": True, **options}
         exchange = _Exchange(self, query_id, timeout, stream, bool(options["progress"]), stall_timeout)
-        subscription = await self.nc.subscribe(f"{exchange.inbox}.*")
-        try:
-            for attempt in range(retries + 1):
-                await exchange.attempt(self._payload(question, query_id, timeout, stream=stream, **options))
-                async for event in exchange.replies(subscription):
-                    yield event
-                if exchange.answered:
-                    return
-                exchange.attempt_over()
-                if exchange.unavailable and attempt < retries:
-                    await asyncio.sleep(min(0.5 * (attempt + 1), 2.0))
-            raise exchange.gave_up(retries)
-        finally:
+        with tracing.span("ask", kind="client", query_id=query_id, subject=self.target):  # the mesh's root span
+            subscription = await self.nc.subscribe(f"{exchange.inbox}.*")
             try:
-                await subscription.unsubscribe()
-            except Exception:  # connection already closed
-                pass
+                for attempt in range(retries + 1):
+                    await exchange.attempt(self._payload(question, query_id, timeout, stream=stream, **options))
+                    async for event in exchange.replies(subscription):
+                        yield event
+                    if exchange.answered:
+                        return
+                    exchange.attempt_over()
+                    if exchange.unavailable and attempt < retries:
+                        await asyncio.sleep(min(0.5 * (attempt + 1), 2.0))
+                raise exchange.gave_up(retries)
+            finally:
+                try:
+                    await subscription.unsubscribe()
+                except Exception:  # connection already closed
+                    pass
 
     async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool) -> None:
         """Publish one send of the query; ``flush`` makes the server report a denial at once
         (the wait loop raises it as ``forbidden``)."""
-        await self.nc.publish(self.target, payload, reply=reply)
+        await self.nc.publish(self.target, payload, reply=reply, headers=tracing.headers())
         if flush:
             try:
                 await self.nc.flush(timeout=min(timeout, 5.0))

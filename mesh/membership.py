@@ -43,6 +43,11 @@ class NodeCard(BaseModel):
     capabilities: list[str] = Field(default_factory=list)
     version: str = ""
     load: int = 0  # queries in flight
+    # Live stats (cards from older nodes lack them and read as the defaults):
+    max_in_flight: int | None = None  # the node's in-flight limit
+    decisions: dict[str, int] = Field(default_factory=dict)  # queries finished here, by decision (answer, reject, forced, overflow)
+    errors: int = 0  # Error replies sent
+    recent_ms: float | None = None  # mean time to answer over the node's last answers
     started_at: float = Field(default_factory=time.time)
     heartbeat_at: float = Field(default_factory=time.time)
 

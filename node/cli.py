@@ -10,6 +10,7 @@ import uuid
 import structlog
 
 from disrouter.cli.common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, nats_auth, run_command
+from disrouter.mesh import tracing
 from disrouter.mesh.connection import MeshConnectionError, connect
 from disrouter.mesh.logs import configure_logging
 from disrouter.mesh.membership import NodeCard
@@ -20,12 +21,13 @@ from . import __version__
 from .backends import ModelNotFoundError, check_model, load_backend
 from .calibration import CalibrationError, load_calibration
 from .compose import build_node
+from .http import ProbeServer
 from .policies import POLICIES
 from .settings import BackendSettings, ConfigError, NodeSettings
 
 PROG = "disrouter-node"
 BACKEND_GROUPS = {"vllm": "vLLM engine (--backend vllm)", "openai": "OpenAI-compatible endpoint (--backend openai)"}
-EXPECTED_ERRORS = (ConfigError, CalibrationError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError)
+EXPECTED_ERRORS = (ConfigError, CalibrationError, TopologyError, ModelNotFoundError, MeshConnectionError, ValueError, OSError, tracing.TracingUnavailable)
 log = structlog.get_logger("disrouter.node.cli")
 
 
@@ -87,6 +89,9 @@ async def serve(args: argparse.Namespace) -> int:
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
     options = dataclass_from_args(BackendSettings, args).loader_options()
     settings = dataclass_from_args(NodeSettings, args)
+    if settings.tracing:
+        tracing.enable(service_name="disrouter-node", instance=card.node_id)
+    probes = await ProbeServer().start(settings.http_host, settings.http_port) if settings.http_port is not None else None
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
     try:
         model_folder = source.folder if source and source.gguf_file is None else None
@@ -94,6 +99,7 @@ async def serve(args: argparse.Namespace) -> int:
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
         peers = args.peers.split(",") if args.peers else None
         node = await build_node(nc, card, backend, subjects, peers=peers, calibration=calibration, settings=settings)
+        node.probes = probes  # /healthz answered while the model loaded; /readyz turns ready once registered
         log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -104,6 +110,8 @@ async def serve(args: argparse.Namespace) -> int:
         await node.stop()
     finally:
         await nc.drain() if nc.is_connected else await nc.close()
+        if probes is not None:
+            await probes.stop()
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -34,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from disrouter.mesh import tracing
 from disrouter.mesh.connection import MeshPermissionError
 from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl
 from disrouter.mesh.protocol import (
@@ -56,11 +58,15 @@ from disrouter.mesh.protocol import (
 from disrouter.mesh.subjects import Subjects
 
 from .backends import Backend, PromptTooLongError
+from .http import ProbeServer
+from .metrics import NodeMetrics, TimedBackend
 from .policies import Decision, Policy
 from .routing import Routing, Target
 from .settings import NodeSettings
 
 log = structlog.get_logger("disrouter.node")
+
+RECENT_ANSWERS = 20  # answers averaged into the card's recent_ms
 
 
 class _ChunkStream:
@@ -121,13 +127,23 @@ class Node:
         self._overflowing = 0  # client requests being passed on because the node is full
         self._heartbeats: asyncio.Task | None = None
         self._draining = False
+        self._registered = False
         self._log = log.bind(node_id=card.node_id, model=card.model_key)
+        self.metrics = NodeMetrics(card.node_id, card.model_key)
+        self.metrics.watch(lambda: len(self._held), self.settings.max_in_flight, lambda: len(self._live()), lambda: float(not self.unready()))
+        if backend.engine_metrics:
+            self.metrics.include_engine(backend.engine_metrics)
+        self._timed = TimedBackend(backend, self.metrics)  # what the policy calls: generation timed and traced
+        self._recent_ms: deque[float] = deque(maxlen=RECENT_ANSWERS)
+        self.card.max_in_flight = self.settings.max_in_flight
+        self.probes: ProbeServer | None = None  # the --http-port endpoints (the CLI starts them before loading)
 
     async def start(self) -> None:
         """Register in the mesh and start serving."""
         kv = await open_registry(self.nc, self.subjects, ttl=self.settings.registry_ttl_s)
         self.membership = Membership(kv, ttl=await registry_ttl(kv, self.settings.registry_ttl_s))
         await self.membership.start(self.card)
+        self._registered = True
         model_subject = self.subjects.model(self.card.model_key)
         self._subscriptions.append(
             await self.nc.subscribe(model_subject, queue=self.subjects.model_queue, cb=self._on_internal)
@@ -139,6 +155,10 @@ class Node:
             )
         await self.nc.flush()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop())
+        if self.probes is None and self.settings.http_port is not None:
+            self.probes = await ProbeServer().start(self.settings.http_host, self.settings.http_port)
+        if self.probes is not None:
+            self.probes.attach(self.unready, self.metrics.render)
         self._log.info("node_started", subjects=[s.subject for s in self._subscriptions], cost=self.card.cost)
 
     async def stop(self) -> None:
@@ -160,7 +180,18 @@ class Node:
         if self.membership is not None:
             await self.membership.stop()
         await self.backend.close()
+        if self.probes is not None:
+            await self.probes.stop()
         self._log.info("node_stopped", answered=self.stats.answered, forwarded=self.stats.forwarded)
+
+    def unready(self) -> list[str]:
+        """Why the node is not ready for queries (``/readyz``); empty when it is."""
+        reasons = ["draining"] if self._draining else []
+        if not self._registered:
+            reasons.append("not registered in the mesh")
+        if not self.nc.is_connected:
+            reasons.append("NATS not connected")
+        return reasons
 
     @property
     def inflight(self) -> int:
@@ -218,6 +249,11 @@ class Node:
     # --- intake: one message in, a HandOff to route (or a refusal, or an Error) ----------------
 
     async def _handle(self, msg: Msg, from_client: bool) -> None:
+        """One span per hop: the child of the trace context the message carried (when tracing is on)."""
+        with tracing.span("hop", carrier=msg.headers or {}, kind="server", node=self.card.node_id, model=self.card.model_key):
+            await self._take(msg, from_client)
+
+    async def _take(self, msg: Msg, from_client: bool) -> None:
         """The one place a message is taken on; any failure while routing it becomes an `internal` Error."""
         structlog.contextvars.bind_contextvars(node_id=self.card.node_id)
         try:
@@ -264,6 +300,7 @@ class Node:
         """-NAK a hand-off: the sender tries its next target (counted when the node is full, not draining)."""
         if full:
             self.stats.refused += 1
+            self.metrics.on_refused()
             self._log.info("handoff_refused_full", held=len(self._held))
         await self._respond(msg, HANDOFF_REFUSED)
 
@@ -292,6 +329,8 @@ class Node:
 
     async def _reject_malformed(self, msg: Msg, exc: ProtocolError) -> None:
         self.stats.errors += 1
+        self.metrics.on_error(exc.code.value)
+        self.card.errors += 1
         self._log.info("bad_request", code=exc.code.value, reason=exc.message)
         if msg.reply:
             error = Error.of(exc.code, exc.message, query_id_of(msg.data))
@@ -316,7 +355,7 @@ class Node:
                 if await self._hand_off(handoff, self._hop(started, decision), targets):
                     return
                 self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
-                decision = await self.policy.answer(self.backend, handoff.query, stream and stream.send, rejected=decision)
+                decision = await self.policy.answer(self._timed, handoff.query, stream and stream.send, rejected=decision)
         except PromptTooLongError as exc:
             await self._fail(handoff, ErrorCode.TOO_LARGE, str(exc))
             return
@@ -326,8 +365,10 @@ class Node:
         """The policy's decision, timed; with no peer left to take the query, its answer for certain."""
         sink = stream.send if stream else None
         if not self.routing.targets(handoff, self.card, live):
-            return await self.policy.answer(self.backend, handoff.query, sink)
-        decision = await self.policy.decide(self.backend, handoff.query, sink)
+            return await self.policy.answer(self._timed, handoff.query, sink)
+        with tracing.span("decide", policy=self.policy.name):
+            decision = await self.policy.decide(self._timed, handoff.query, sink)
+            tracing.annotate(decision=decision.name, reject_prob=decision.reject_prob)
         return replace(decision, decide_ms=(time.perf_counter() - started) * 1000.0)
 
     async def _deliver(self, handoff: HandOff, decision: Decision, stream: _ChunkStream | None, started: float) -> None:
@@ -351,8 +392,16 @@ class Node:
         )
         self.stats.answered += 1
         self.stats.by_decision[decision.name] = self.stats.by_decision.get(decision.name, 0) + 1
+        self._finished(hop)
+        self._recent_ms.append(hop.ms)
+        self.card.recent_ms = round(sum(self._recent_ms) / len(self._recent_ms), 1)
         self._log.info("answered", decision=decision.name, hops=len(path), ms=round(hop.ms, 1))
         await self._send(handoff, answer)
+
+    def _finished(self, hop: Hop) -> None:
+        """This node's last step for a query (answered, or handed on): counted in the metrics and on its card."""
+        self.metrics.on_hop(hop)
+        self.card.decisions[hop.decision] = self.card.decisions.get(hop.decision, 0) + 1
 
     def _hop(self, started: float, decision: Decision | None = None) -> Hop:
         """This node's step on the path: its decision, or ``overflow`` (passed on without deciding)."""
@@ -377,25 +426,36 @@ class Node:
         for target in targets:
             if handoff.query.expired():
                 return False
-            timeout = min(self.settings.handoff_timeout_s, max(handoff.query.deadline - time.time(), 0.05))
-            try:
-                reply = await self.nc.request(target.subject, payload, timeout=timeout)
-            except NoRespondersError:
-                self._log.info("peer_absent", target=target.model_key)
-                continue
-            except NatsTimeoutError:
-                self._log.warning("peer_silent", target=target.model_key)
-                continue
-            except MeshPermissionError as exc:  # this node's NATS user may not publish there
-                self._log.warning("peer_denied", target=target.model_key, error=str(exc))
-                continue
-            if reply.data == HANDOFF_ACCEPTED:
+            with tracing.span("hand-off", kind="client", target=target.model_key, decision=hop.decision):
+                outcome = await self._offer(handoff, target, payload)
+                tracing.annotate(outcome=outcome)
+            self.metrics.on_handoff(target.model_key, outcome)
+            if outcome == "accepted":
                 self._release(handoff)  # the receiver holds it now and sends the heartbeats
                 self.stats.forwarded += 1
+                self._finished(hop)
                 self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
                 return True
-            self._log.info("peer_refused", target=target.model_key)
         return False
+
+    async def _offer(self, handoff: HandOff, target: Target, payload: bytes) -> str:
+        """Ask one target to take the query: ``accepted``, ``refused``, ``absent``, ``silent`` or ``denied``."""
+        timeout = min(self.settings.handoff_timeout_s, max(handoff.query.deadline - time.time(), 0.05))
+        try:
+            reply = await self.nc.request(target.subject, payload, timeout=timeout, headers=tracing.headers())
+        except NoRespondersError:
+            self._log.info("peer_absent", target=target.model_key)
+            return "absent"
+        except NatsTimeoutError:
+            self._log.warning("peer_silent", target=target.model_key)
+            return "silent"
+        except MeshPermissionError as exc:  # this node's NATS user may not publish there
+            self._log.warning("peer_denied", target=target.model_key, error=str(exc))
+            return "denied"
+        if reply.data == HANDOFF_ACCEPTED:
+            return "accepted"
+        self._log.info("peer_refused", target=target.model_key)
+        return "refused"
 
     async def _fail(self, handoff: HandOff, code: ErrorCode, message: str) -> None:
         await self._send(handoff, Error.of(code, message, handoff.query.id, handoff.path))
@@ -404,6 +464,8 @@ class Node:
         self._release(handoff)  # no heartbeat after the final message
         if isinstance(message, Error):
             self.stats.errors += 1
+            self.metrics.on_error(message.error.code.value)
+            self.card.errors += 1
             self._log.info("error_reply", code=message.error.code.value, reason=message.error.message)
         try:
             await self.nc.publish(handoff.reply_to, encode(message, handoff.wire))

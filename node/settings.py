@@ -48,6 +48,9 @@ class NodeSettings:
         metavar="N",
     )
     max_overflow: int = setting(256, "requests passed on at once while full; beyond it they get `overloaded` at once", metavar="N")
+    http_port: int | None = setting(None, "serve /healthz, /readyz and /metrics on this port (0: any free port; default: off)", metavar="P")
+    http_host: str = setting("0.0.0.0", "address the --http-port endpoints listen on", metavar="HOST")
+    tracing: bool = setting(False, "send OpenTelemetry spans (OTLP/HTTP, set by OTEL_EXPORTER_OTLP_* variables; needs the tracing extra)")
 
     def __post_init__(self) -> None:
         for name in ("handoff_timeout_s", "default_timeout_s", "drain_timeout_s", "registry_ttl_s", "heartbeat_s"):
@@ -56,6 +59,8 @@ class NodeSettings:
         for name in ("max_in_flight", "max_overflow"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(NodeSettings, name)} must be at least 1")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"{_flag(NodeSettings, 'http_port')} must be a port number from 0 to 65535")
 
 
 @dataclass

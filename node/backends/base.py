@@ -44,6 +44,7 @@ class Backend(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     model_name: str
     context_length: int
+    engine_metrics: ClassVar[str | None] = None  # name prefix of the engine's own metrics in prometheus_client's default registry
 
     @abstractmethod
     async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:

@@ -40,6 +40,7 @@ class _Progress:
 class VLLMBackend(Backend):
     kind = "vllm"
     capabilities = frozenset({"stream", "score"})
+    engine_metrics = "vllm:"  # the engine's Prometheus metrics (in-process), exported on the node's /metrics
 
     def __init__(self, engine: Any, tokenizer: Any, model_name: str) -> None:  # noqa: ANN401 - vLLM/HF types
         self._engine = engine
@@ -82,7 +83,7 @@ class VLLMBackend(Backend):
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             dtype=dtype or ("float32" if on_cpu else "auto"),
-            disable_log_stats=True,
+            disable_log_stats=False,  # keeps vllm:* Prometheus metrics in this process (and logs throughput every 10 s)
         )
         started = time.perf_counter()
         # No local names the engine: vLLM's lazy imports keep this frame alive, and a local here
