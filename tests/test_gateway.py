@@ -18,7 +18,10 @@ import openai
 import pytest
 from conftest import REPLIES, Mesh
 from harness import wait_for
-from instant_nodes import InstantMesh
+from instant_nodes import InstantMesh, SlowInstantBackend
+
+from disrouter.local.nats_server import NatsServer
+from harness import NodeHarness
 
 API_KEY = "sk-test-gateway"
 
@@ -32,11 +35,11 @@ def _free_port() -> int:
 class Gateway:
     """A `disrouter gateway` process for one mesh prefix."""
 
-    def __init__(self, url: str, prefix: str, *extra: str, keys: str | None = API_KEY) -> None:
+    def __init__(self, url: str, prefix: str, *extra: str, keys: str | None = API_KEY, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.args = ["gateway", "--nats", url, "--prefix", prefix, "--port", str(self.port), "--timeout", "30", "--log-format", "console", *extra]
-        self.env = {**os.environ, "DISROUTER_GATEWAY_API_KEYS": keys or ""}
+        self.env = {**os.environ, "DISROUTER_GATEWAY_API_KEYS": keys or "", **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> "Gateway":
@@ -212,3 +215,30 @@ def test_gateway_command_fails_in_one_line_on_a_bad_keys_file(tmp_path: Path) ->
     done = subprocess.run([exe, "gateway", "--api-keys-file", str(empty), "--nats", "nats://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"disrouter: error: --api-keys-file {empty} holds no key"]
+
+
+async def test_gateway_user_of_the_shipped_permissions_asks_and_lists(tmp_path: Path) -> None:
+    """k8s/nats/disrouter-auth.conf as shipped: the gateway logs in as `gateway` and may ask the
+    ingress, ask one tier, and read the registry; a node logs in as `node`."""
+    auth_conf = Path(__file__).resolve().parents[1] / "k8s" / "nats" / "disrouter-auth.conf"
+    passwords = {user: f"pw{user}{os.getpid()}x" for user in ("client", "node", "gateway", "admin")}
+    env = {f"DISROUTER_{user.upper()}_PASSWORD": password for user, password in passwords.items()}
+    with NatsServer(config=auth_conf, env=env) as server:
+        node_url = server.url.replace("nats://", f"nats://node:{passwords['node']}@", 1)
+        mesh = NodeHarness(node_url, SlowInstantBackend, prefix="disrouter", registry_ttl_s=2.0, backend_kind="instant")
+        try:
+            entry = await mesh.add("small", 0.1, entry=True)
+            await mesh.add("large", 0.9)
+            await mesh.all_see({n.card.node_id for n in mesh.nodes})
+            password_file = tmp_path / "gateway-password"
+            password_file.write_text(passwords["gateway"])
+            login = ("--nats-user", "gateway", "--nats-password-file", str(password_file))
+            async with Gateway(server.url, "disrouter", *login, env={"DISROUTER_NATS_USER": "", "DISROUTER_NATS_PASSWORD": ""}) as gateway:
+                client = gateway.client()
+                assert [m.id for m in (await client.models.list()).data] == ["disrouter", "small", "large"]
+                routed = await client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "hi"}])
+                assert routed.model_extra["disrouter"]["node_id"] == entry.card.node_id
+                named = await client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}])
+                assert named.model == "large"
+        finally:
+            await mesh.close()

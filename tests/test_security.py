@@ -35,7 +35,7 @@ BIN = Path(sys.executable).parent
 AUTH_CONF = Path(__file__).resolve().parents[1] / "k8s" / "nats" / "disrouter-auth.conf"
 SUBJECTS = Subjects("disrouter")
 # nats-server parses an environment value as a config value: start it with a letter (or quote it).
-PASSWORDS = {user: "pw" + secrets.token_urlsafe(18) for user in ("client", "node", "admin")}
+PASSWORDS = {user: "pw" + secrets.token_urlsafe(18) for user in ("client", "node", "gateway", "admin")}
 NODE_ID = "secure-node"
 
 
