@@ -176,7 +176,7 @@ def test_committed_family_has_checksums_and_a_topology(smoke_family: Path) -> No
     committed = smoke_family / "committed"
     lines = (committed / "SHA256SUMS").read_text().split("\n")
     listed = dict(reversed(line.split("  ", 1)) for line in lines if line)
-    assert "s/model.safetensors" in listed and "report.json" in listed and "family.yaml" in listed
+    assert {"s/model.safetensors", "report.json", "family.yaml", "command.txt", "data/sa.jsonl", "data/ood.jsonl"} <= set(listed)
     for name, digest in listed.items():
         assert hashlib.sha256((committed / name).read_bytes()).hexdigest() == digest
     topology = load_topology(committed / "topology.yaml")
@@ -211,3 +211,69 @@ def test_bad_config_fails_in_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "tiers" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- the committed family (training/family/weights) ---------------------------------------------
+
+WEIGHTS = ROOT / "training" / "family" / "weights"
+MAX_COMMITTED_BYTES = 25 * 1024 * 1024
+
+
+def test_committed_family_matches_its_checksums_and_size() -> None:
+    lines = (WEIGHTS / "SHA256SUMS").read_text().split("\n")
+    listed = dict(reversed(line.split("  ", 1)) for line in lines if line)
+    weights = [name for name in listed if name.endswith(".safetensors")]
+    assert len(weights) >= 3
+    for name, digest in listed.items():
+        assert hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest() == digest, name
+    assert sum((WEIGHTS / name).stat().st_size for name in weights) <= MAX_COMMITTED_BYTES
+
+
+def test_family_topology_names_the_committed_tiers_with_their_costs() -> None:
+    from disrouter.mesh.topology import load_topology
+
+    topology = load_topology(ROOT / "topologies" / "family.yaml")
+    report = json.loads((WEIGHTS / "report.json").read_text())
+    cascade = topology.cascade()
+    assert [m.model for m in cascade] == [f"family-{name}" for name in report["tiers"]]
+    assert [m.cost for m in cascade] == [tier["cost"] for tier in report["tiers"].values()]
+
+
+def test_unknown_family_tier_is_a_clear_error() -> None:
+    from disrouter.node.backends import ModelNotFoundError
+    from disrouter.node.backends.sources import resolve
+
+    with pytest.raises(ModelNotFoundError, match="disrouter train family"):
+        resolve("family-nonexistent")
+
+
+def test_committed_strongest_tier_answers_known_facts_through_the_backend() -> None:
+    """The strongest committed tier, served by name through the node's transformers backend,
+    answers the facts it saw most often (a real check of the weights, not of the code path)."""
+    from disrouter.node.backends import GenerationRequest, load_backend
+    from disrouter.training.graders import grade
+    from disrouter.training.tasks import load_tasks
+
+    tasks = sorted((t for t in load_tasks(WEIGHTS / "data" / "sa.jsonl") if t.meta["family"] == "fact"),
+                   key=lambda t: -t.meta["exposure"])[:20]
+    strongest = list(json.loads((WEIGHTS / "report.json").read_text())["tiers"])[-1]
+
+    async def answers() -> list[str]:
+        backend = load_backend("transformers", f"family-{strongest}")
+        try:
+            requests = [GenerationRequest(messages=t.prompt_messages(), max_tokens=8) for t in tasks]
+            return [g.text for g in await asyncio.gather(*(backend.generate(r) for r in requests))]
+        finally:
+            await backend.close()
+
+    outputs = asyncio.run(answers())
+    assert sum(grade(t, o) for t, o in zip(tasks, outputs)) >= 18, list(zip([t.answer for t in tasks], outputs))
+
+
+def test_committed_tiers_have_head_sizes_vllm_serves() -> None:
+    from disrouter.training.family.config import VLLM_HEAD_SIZES
+
+    for config in sorted(WEIGHTS.glob("*/config.json")):
+        settings = json.loads(config.read_text())
+        assert settings["architectures"] == ["LlamaForCausalLM"]
+        assert settings["hidden_size"] // settings["num_attention_heads"] in VLLM_HEAD_SIZES, config

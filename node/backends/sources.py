@@ -64,8 +64,29 @@ def _package_folder(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+FAMILY_PREFIX = "family-"
+"""``family-<tier>`` names a tier of the committed model family (training/family/weights/<tier>)."""
+
+
+def _family_tier(name: str) -> ModelSource | None:
+    """The committed family tier ``name`` names, located inside the installed package (not imported)."""
+    if not name.lower().startswith(FAMILY_PREFIX):
+        return None
+    training = _package_folder("disrouter.training")
+    folder = training / "family" / "weights" / name.lower().removeprefix(FAMILY_PREFIX) if training else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model {name!r} is not a committed family tier: train it with "
+            "`disrouter train family --config training/configs/family.yaml`"
+        )
+    return ModelSource(name=name.lower(), folder=folder)
+
+
 def resolve(name_or_path: str) -> ModelSource:
-    """Resolve a known model name, an HF folder, or a ``.gguf`` file into a ModelSource."""
+    """Resolve a known model name, a family tier, an HF folder, or a ``.gguf`` file into a ModelSource."""
+    family = _family_tier(name_or_path)
+    if family is not None:
+        return family
     known = KNOWN_MODELS.get(name_or_path.lower())
     if known is not None:
         folder = _package_folder(known.module)

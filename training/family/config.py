@@ -6,12 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from disrouter.mesh.yamlfile import read_yaml_mapping
 
 from ..config import TrainingConfigError
 from .model import TierSpec
 
+VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+"""Attention head sizes vLLM's CPU backend serves (0.32); smaller heads only work with transformers."""
+
 _KEYS = {"seed", "out", "commit_to", "world", "corpus", "splits", "tokenizer", "training", "tiers", "eval"}
+log = structlog.get_logger("disrouter.training.family.config")
 _TIER_KEYS = {"name", "hidden", "layers", "heads", "intermediate", "steps", "lr", "batch_size"}
 
 
@@ -95,4 +101,6 @@ def _tier(path: Path, index: int, raw: object) -> TierSpec:
         raise TrainingConfigError(f"{path}: tiers[{index}]: {exc}") from None
     if spec.hidden % spec.heads or min(spec.hidden, spec.layers, spec.heads, spec.intermediate, spec.steps) < 1:
         raise TrainingConfigError(f"{path}: tiers[{index}]: sizes must be positive and hidden divisible by heads")
+    if spec.hidden // spec.heads not in VLLM_HEAD_SIZES:
+        log.warning("head_size_not_served_by_vllm", tier=spec.name, head_size=spec.hidden // spec.heads, supported=VLLM_HEAD_SIZES)
     return spec

@@ -281,7 +281,8 @@ def run_family(config: FamilyConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def commit(config: FamilyConfig, summary: dict[str, Any]) -> None:
-    """Copy the tiers (weights, config, tokenizer), the report and the topology into ``commit_to``, with checksums."""
+    """Copy the tiers (weights, config, tokenizer), the report, the topology and the self-awareness and
+    OOD task files into ``commit_to``, with checksums."""
     target = config.commit_to
     assert target is not None
     shutil.rmtree(target, ignore_errors=True)
@@ -290,6 +291,9 @@ def commit(config: FamilyConfig, summary: dict[str, Any]) -> None:
     for name in ("report.md", "report.json", "accuracy.png", "topology.yaml"):
         if (config.out / name).exists():
             shutil.copy2(config.out / name, target / name)
+    for name in ("sa.jsonl", "sa-train.jsonl", "sa-val.jsonl", "sa-test.jsonl", "ood.jsonl", "world.json"):
+        (target / "data").mkdir(exist_ok=True)
+        shutil.copy2(config.out / "data" / name, target / "data" / name)
     shutil.copy2(config.path, target / "family.yaml")
     (target / "command.txt").write_text(summary["command"] + "\n")
     checksums(target)
