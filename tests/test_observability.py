@@ -19,6 +19,7 @@ from instant_nodes import InstantMesh, start_cli_node, stop_process
 from prometheus_client.parser import text_string_to_metric_families
 
 from disrouter.mesh import tracing
+from disrouter.node.http import ProbeServer
 from disrouter.node.runtime import Node
 
 Samples = dict[tuple[str, frozenset], float]
@@ -39,7 +40,7 @@ async def scrape(node: Node) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(response.text):
         for s in family.samples:
-            assert s.labels.get("node") == node.card.node_id
+            assert s.labels.get("node") == node.card.node_id or not s.name.startswith("disrouter_")
             labels = frozenset((k, v) for k, v in s.labels.items() if k not in ("node", "model"))
             samples[(s.name, labels)] = s.value
     return samples
@@ -51,6 +52,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
+
+
+def total(samples: Samples, name: str) -> float:
+    """The sum of a metric over all its label values."""
+    return sum(v for (n, _), v in samples.items() if n == name)
 
 
 def hops_at(answers: list, node: Node) -> list:
@@ -118,6 +124,32 @@ async def test_in_flight_overflow_and_errors_are_counted(instant: InstantMesh) -
     assert moved(after, errors, "disrouter_errors_total", code="invalid_query") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+async def test_a_vllm_node_exports_the_engines_own_metrics(instant: InstantMesh) -> None:
+    pytest.importorskip("vllm")
+    from disrouter.node.backends.sources import resolve
+    from disrouter.node.backends.vllm import VLLMBackend
+
+    options = {"enforce_eager": True, "gpu_memory_utilization": 0.2, "max_model_len": 2048}
+    backend = await asyncio.to_thread(VLLMBackend.load, resolve("smollm2-135m"), **options)
+    node = await instant.add("small", 0.1, entry=True, policy="always", backend=backend, settings={"http_port": 0})
+    client = await instant.client()
+    before = await scrape(node)
+
+    answer = await client.ask("Which planet is known as the Red Planet?", timeout=120, max_tokens=16)
+    for _ in range(50):  # the engine records a step's stats just after handing out its output
+        after = await scrape(node)
+        if total(after, "vllm:generation_tokens_total") - total(before, "vllm:generation_tokens_total") >= answer.completion_tokens:
+            break
+        await asyncio.sleep(0.1)
+
+    assert total(after, "vllm:generation_tokens_total") - total(before, "vllm:generation_tokens_total") == answer.completion_tokens > 0
+    assert total(after, "vllm:prompt_tokens_total") - total(before, "vllm:prompt_tokens_total") == answer.prompt_tokens > 0
+    assert total(after, "vllm:request_success_total") - total(before, "vllm:request_success_total") == 1
+    assert moved(before, after, "disrouter_generation_seconds_count") == 1
+
+
 async def test_readyz_turns_unready_while_draining(instant: InstantMesh) -> None:
     node = await instant.add("solo", 0.1, entry=True, policy="always", settings={"http_port": 0})
     client = await instant.client()
@@ -139,6 +171,14 @@ async def test_readyz_turns_unready_while_draining(instant: InstantMesh) -> None
         await stopping
         with pytest.raises(httpx.ConnectError):
             await http.get(f"{base}/healthz")
+
+
+def test_probes_before_the_model_is_loaded() -> None:
+    """The node command starts the endpoints before loading the model: alive, not ready."""
+    probes = ProbeServer()
+    assert probes.respond("/healthz")[0] == 200
+    assert probes.respond("/readyz") == (503, "text/plain", b"not ready: model loading\n")
+    assert probes.respond("/readyz?verbose=1")[0] == 503
 
 
 def _free_port() -> int:
@@ -183,7 +223,8 @@ async def test_a_bad_http_port_is_one_line() -> None:
 # --- tracing ---------------------------------------------------------------------------------
 
 
-async def test_one_trace_covers_client_entry_and_every_hop(instant: InstantMesh) -> None:
+def memory_tracing() -> tuple:
+    """A TracerProvider whose finished spans stay in the returned in-memory exporter."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -191,6 +232,11 @@ async def test_one_trace_covers_client_entry_and_every_hop(instant: InstantMesh)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def test_one_trace_covers_client_entry_and_every_hop(instant: InstantMesh) -> None:
+    provider, exporter = memory_tracing()
     ids = [(await instant.add(key, cost, entry=key == "t1")).card.node_id for key, cost in (("t1", 0.1), ("t2", 0.5), ("t3", 0.9))]
     await instant.all_see(set(ids))
     client = await instant.client()
@@ -244,3 +290,79 @@ async def test_tracing_off_sends_no_headers(instant: InstantMesh) -> None:
     assert (await client.ask("hello", timeout=20)).node_id == node.card.node_id
     await tap.unsubscribe()
     assert seen == [None]
+
+
+class OtlpReceiver:
+    """A stand-in OpenTelemetry collector: OTLP/HTTP protobuf POSTs to /v1/traces, spans kept as they come."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []  # (service.instance.id, span)
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import gzip
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        length = int(head.split("content-length:")[1].split("\r\n")[0])
+        body = await reader.readexactly(length)
+        request = ExportTraceServiceRequest.FromString(gzip.decompress(body) if "content-encoding: gzip" in head else body)
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            self.spans += [(attributes.get("service.instance.id", ""), s) for ss in resource_spans.scope_spans for s in ss.spans]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+async def test_node_processes_export_one_trace_across_hops(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three `disrouter-node --tracing` processes send their spans over OTLP; the chain links up with the client's root."""
+    from disrouter.mesh.client import MeshClient
+
+    receiver = OtlpReceiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{await receiver.start()}")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # export every 0.2 s, not every 5 s
+    prefix, ids = "obs-trace", ["p1", "p2", "p3"]
+    procs = [await start_cli_node(nats_url, prefix, key, cost, key, "--tracing", *(["--entry"] if key == "p1" else []))
+             for key, cost in zip(ids, (0.1, 0.5, 0.9))]
+    provider, exporter = memory_tracing()
+    try:
+        async with await MeshClient.connect(nats_url, prefix) as client:
+            for _ in range(120):  # until all three nodes serve: a first query passes through all of them
+                try:
+                    first = await client.ask("#reject warm up", timeout=5, progress=False)
+                    if len(first.path) == 3:
+                        break
+                except Exception:
+                    pass
+                await asyncio.sleep(0.5)
+            tracing.enable(provider)
+            try:
+                answer = await client.ask("#reject who was the mayor of Ulm in 1712?", timeout=20)
+            finally:
+                tracing.disable()
+        assert [(h.model, h.decision) for h in answer.path] == [("p1", "reject"), ("p2", "reject"), ("p3", "forced")]
+        (root,) = exporter.get_finished_spans()
+        trace_id = root.context.trace_id.to_bytes(16, "big")
+
+        def ours() -> list[tuple[str, object]]:
+            return [(node, s) for node, s in receiver.spans if s.trace_id == trace_id]
+
+        await wait_for(lambda: {node for node, s in ours() if s.name == "hop"} == set(ids), 15, "every node's hop span")
+    finally:
+        for proc in procs:
+            await stop_process(proc)
+        receiver.server.close()
+    spans = ours()
+    hop = {node: s for node, s in spans if s.name == "hop"}
+    handoff = {node: s for node, s in spans if s.name == "hand-off"}
+    assert hop["p1"].parent_span_id == root.context.span_id.to_bytes(8, "big")
+    assert hop["p2"].parent_span_id == handoff["p1"].span_id and handoff["p1"].parent_span_id == hop["p1"].span_id
+    assert hop["p3"].parent_span_id == handoff["p2"].span_id and handoff["p2"].parent_span_id == hop["p2"].span_id
+    assert {node for node, s in spans if s.name == "decide"} == {"p1", "p2"}
+    assert {node for node, s in spans if s.name == "generate"} == set(ids)
