@@ -21,9 +21,9 @@ TOPICS = ["a lighthouse", "a dragon", "the moon", "a robot", "the ocean", "a lib
 # capitals, sports winners or "how many"), so the generate policy's rejections are the model's own.
 QUESTIONS = ["Which planet is known as the Red Planet?", "Who painted the Mona Lisa?", "What is the chemical symbol for gold?",
              "Who wrote Romeo and Juliet?", "What is the integral of x^3 * ln(x) dx?", "Who was the mayor of Ulm in 1712?",
-             "Which element has atomic number 77?", "Factor the polynomial x^4 - 5x^2 + 4.",
-             "What language is spoken in Brazil?", "What is the derivative of sin(x) * e^x?",
-             "What was the closing price of IBM stock on 3 March 1987?", "Translate 'good morning' into French."]
+             "Who wrote Pride and Prejudice?", "Who discovered penicillin?", "Which author wrote War and Peace?",
+             "Factor the polynomial x^4 - 5x^2 + 4.", "What language is spoken in Brazil?",
+             "What was the closing price of IBM stock on 3 March 1987?"]
 ALWAYS_REJECT = Calibration(thresholds={0.5: 0.0}, skip_thresholds={0.5: 1.0})  # every probe forwards
 NEVER_REJECT = Calibration(thresholds={0.5: 1.0}, skip_thresholds={0.5: 1.0})  # every probe answers
 
@@ -101,32 +101,56 @@ class DecisionCosts:
     probe_answer: Timing  # the probe calibrated to answer everything (prefix cache on, as served)
     probe_reject: Timing  # the probe calibrated to reject everything (prefix cache on, as served)
     probe_reject_no_cache: Timing  # the same without the prefix cache: as generate prefills
+    rejections: dict[str, Timing]  # the questions both policies reject, timed again in rounds, per arm
 
     def both_reject(self) -> list[int]:
         """Questions that both policies reject (the probe's cost does not depend on its threshold)."""
         return [i for i, rejected in enumerate(self.generate.rejected) if rejected]
 
     def figures(self) -> dict[str, float | int | None]:
-        both = self.both_reject()
-        generate_reject = self.generate.mean_ms(both)
-        ratio = lambda probe: None if not both or generate_reject is None else round(probe.mean_ms(both) / generate_reject, 3)  # noqa: E731
+        pair = {arm: timing.mean_ms() for arm, timing in self.rejections.items()}
+        ratio = lambda arm: None if pair["generate"] is None else round(pair[arm] / pair["generate"], 3)  # noqa: E731
         return {
-            "reject_cost_ratio": ratio(self.probe_reject_no_cache),
-            "reject_cost_ratio_served": ratio(self.probe_reject),
-            "reject_cost_questions": len(both),
-            "rejected_questions_ms": {"generate": generate_reject, "probe_no_cache": self.probe_reject_no_cache.mean_ms(both),
-                                      "probe": self.probe_reject.mean_ms(both)},
+            "reject_cost_ratio": ratio("probe_no_cache"),
+            "reject_cost_ratio_served": ratio("probe"),
+            "reject_cost_questions": len(self.both_reject()),
+            "reject_cost_samples": len(self.rejections["generate"].ms),
+            "rejected_questions_ms": pair,
             "decision_questions": len(self.generate.ms),
             "generate_answer_ms": self.generate.mean_ms(rejected=False),
-            "generate_reject_ms": generate_reject,
+            "generate_reject_ms": self.generate.mean_ms(rejected=True),
             "probe_answer_ms": self.probe_answer.mean_ms(),
             "probe_reject_ms": self.probe_reject.mean_ms(),
             "probe_reject_ms_no_cache": self.probe_reject_no_cache.mean_ms(),
         }
 
 
-async def decision_costs(backend: Backend, max_tokens: int, questions: list[str] = QUESTIONS) -> DecisionCosts:
-    """Every policy and decision type on the same questions, one at a time."""
+async def _timed(backend: Backend, policy: Policy, query: Query, timing: Timing) -> None:
+    started = time.perf_counter()
+    decision = await policy.decide(backend, query)
+    timing.ms.append((time.perf_counter() - started) * 1000)
+    timing.rejected.append(decision.reject)
+
+
+async def rejection_rounds(backend: Backend, queries: list[Query], rounds: int) -> dict[str, Timing]:
+    """The same rejected questions through each arm in turn, ``rounds`` times: a rejection against a rejection."""
+    arms = {"generate": Timing([], []), "probe_no_cache": Timing([], []), "probe": Timing([], [])}
+    generate, probe = GeneratePolicy(), ProbePolicy(ALWAYS_REJECT)
+    for _ in range(rounds):
+        for query in queries:
+            await _timed(backend, generate, query, arms["generate"])
+            with prefix_cache(backend, False):
+                await _timed(backend, probe, query, arms["probe_no_cache"])
+            with prefix_cache(backend, True):
+                await _timed(backend, probe, query, arms["probe"])
+    if not all(all(timing.rejected) for timing in arms.values()):
+        raise RuntimeError("a question the generate policy rejected was answered when asked again")
+    return arms
+
+
+async def decision_costs(backend: Backend, max_tokens: int, questions: list[str] = QUESTIONS, rounds: int = 3) -> DecisionCosts:
+    """Every policy and decision type on the same questions, one at a time; then the questions both
+    reject, ``rounds`` more times through each arm."""
     queries = [Query(messages=[{"role": "user", "content": q}], max_tokens=max_tokens) for q in questions]
     generate = await time_decisions(backend, GeneratePolicy(), queries)
     with prefix_cache(backend, True):
@@ -136,4 +160,6 @@ async def decision_costs(backend: Backend, max_tokens: int, questions: list[str]
         reject_no_cache = await time_decisions(backend, ProbePolicy(ALWAYS_REJECT), queries)
     if any(answer.rejected) or not all(reject.rejected) or not all(reject_no_cache.rejected):
         raise RuntimeError("the probe policy did not follow the calibration that forces its decision")
-    return DecisionCosts(generate, answer, reject, reject_no_cache)
+    rejected = [queries[i] for i, r in enumerate(generate.rejected) if r]
+    rejections = await rejection_rounds(backend, rejected, rounds) if rejected else {arm: Timing([], []) for arm in ("generate", "probe_no_cache", "probe")}
+    return DecisionCosts(generate, answer, reject, reject_no_cache, rejections)

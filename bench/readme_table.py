@@ -62,7 +62,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"÷ at 1 ({_n(r['transformers_tokens_per_s_1'], 1)})"),
         ("`reject_cost_ratio`", f"**{_n(r['reject_cost_ratio'], 3)}**", _target(r, "reject_cost_ratio"),
          f"a rejection against a rejection: `probe` forwarding ÷ `generate` answering with the reject phrase, on the "
-         f"{r['reject_cost_questions']} of {r['decision_questions']} questions `generate` rejects, neither reusing the prefix KV cache "
+         f"{r['reject_cost_questions']} of {r['decision_questions']} questions `generate` rejects ({r['reject_cost_samples']} timings per arm, "
+         f"arms interleaved), neither reusing the prefix KV cache "
          f"({_n(r['rejected_questions_ms']['probe_no_cache'], 1)} ms ÷ {_n(r['rejected_questions_ms']['generate'], 1)} ms)"),
         ("`reject_cost_ratio_served`", _n(r["reject_cost_ratio_served"], 3), "reported",
          f"the same with the probe as it is served, reusing the prefix KV cache ({_n(r['rejected_questions_ms']['probe'], 1)} ms); "
