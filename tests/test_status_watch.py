@@ -94,3 +94,18 @@ async def test_watch_with_json_is_one_line() -> None:
     proc = await asyncio.create_subprocess_exec(DISROUTER, "status", "--watch", "--json", stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode != 0 and err.decode().strip().count("\n") == 0 and "--watch" in err.decode()
+
+
+def test_a_card_from_an_older_node_reads_and_shows_zeros() -> None:
+    """Cards without the live stats (nodes from before them) still parse, and the view shows zeros."""
+    from rich.console import Console
+
+    from disrouter.cli.watch import nodes_table
+    from disrouter.mesh.membership import NodeCard
+
+    old = NodeCard.model_validate_json('{"node_id": "old-1", "model_key": "old", "model": "m", "cost": 0.3, "load": 2}')
+    console = Console(width=200, record=True)
+    console.print(nodes_table([old], "p"))
+    assert row(console.export_text(), "old-1") == ["old", "old-1", "0.3", "2", "0", "0", "0", "0", "0", "-", "0s"]
+    newer = NodeCard.model_validate({**old.model_dump(), "a_field_from_a_later_version": 1})
+    assert newer == old
