@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +25,7 @@ from disrouter.mesh.protocol import Answer
 from disrouter.mesh.subjects import DEFAULT_PREFIX, Subjects
 from disrouter.mesh.topology import TopologyError
 
+from .retrying import retrying
 from .common import OneLineParser, add_dataclass_options, add_log_options, add_nats_options, dataclass_from_args, nats_auth, run_command
 from .watch import watch
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_nats_options(status)
     status.add_argument("--prefix", default=DEFAULT_PREFIX)
     status.add_argument("--json", action="store_true", help="print a JSON list of node cards")
+    status.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help="seconds to keep trying through a NATS restart or leader election (default 15)")
     status.add_argument("--watch", action="store_true", help="a refreshing view: load, counts and latency by tier, joins and leaves")
     status.add_argument("--interval", type=_positive, default=1.0, metavar="S", help="seconds between refreshes with --watch (default 1)")
     status.add_argument("--iterations", type=int, default=None, metavar="N", help="stop after N refreshes with --watch (default: until Ctrl-C)")
@@ -119,17 +122,22 @@ def run_nats(args: argparse.Namespace) -> int:
 async def run_status(args: argparse.Namespace) -> int:
     if args.watch and args.json:
         raise ValueError("--watch draws a table; leave out --json")
-    nc = await connect(args.nats, name="disrouter-status", auth=nats_auth(args))
     if args.watch:
+        nc = await connect(args.nats, name="disrouter-status", auth=nats_auth(args))
         try:
             await watch(nc, args.prefix, args.interval, args.iterations)
         finally:
             await nc.close()
         return 0
-    try:
-        cards = await list_cards(await open_registry(nc, Subjects(args.prefix)))
-    finally:
-        await nc.close()
+
+    async def read_cards() -> list:
+        nc = await connect(args.nats, name="disrouter-status", auth=nats_auth(args))
+        try:
+            return await list_cards(await open_registry(nc, Subjects(args.prefix)))
+        finally:
+            await nc.close()
+
+    cards = await retrying(read_cards, args.timeout)
     if args.json:
         print(json.dumps([card.model_dump(mode="json") for card in cards], indent=2))
         return 0
@@ -143,8 +151,11 @@ async def run_status(args: argparse.Namespace) -> int:
 
 
 async def run_ask(args: argparse.Namespace) -> int:
-    options = {"scenario": args.scenario, "timeout": args.timeout, "max_tokens": args.max_tokens}
-    async with await MeshClient.connect(args.nats, args.prefix, auth=nats_auth(args)) as client:
+    end = time.monotonic() + args.timeout  # connecting and asking share the one timeout
+    connecting = lambda: MeshClient.connect(args.nats, args.prefix, auth=nats_auth(args))  # noqa: E731
+    client = await retrying(connecting, args.timeout)
+    options = {"scenario": args.scenario, "timeout": max(end - time.monotonic(), 0.1), "max_tokens": args.max_tokens, "retries": 3}
+    async with client:
         if args.stream:
             async for event in client.stream(args.question, **options):
                 if isinstance(event, Answer):

@@ -12,6 +12,7 @@ answer = ask("What is 2 + 2?")  # synchronous helper
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,25 +27,29 @@ from pydantic import ValidationError
 
 from . import tracing
 from .connection import NatsAuth, connect
-from .protocol import Answer, Chunk, Error, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders
+from .protocol import Answer, Chunk, Error, ErrorCode, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders
 from .subjects import DEFAULT_PREFIX, Subjects
 
 
 class MeshError(Exception):
     """The mesh answered with an Error, or nobody answered in time."""
 
-    def __init__(self, code: str, message: str, query_id: str | None = None, error: Error | None = None) -> None:
+    def __init__(self, code: str, message: str, query_id: str | None = None, error: Error | None = None, *, retries: int = 0) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.query_id = query_id
         self.error = error
+        self.retries = retries  # `overloaded` replies the call retried before giving up
 
 
 Question = str | list[dict[str, str]]
 
 HEARTBEAT_MISSES = 3  # heartbeat periods of silence after which the holder of a query is taken for dead
-MAX_RESENDS = 3  # re-sends after silences, per attempt; after them only the timeout ends the wait
+FIRST_CONTACT_S = 5.0  # a send no node acknowledged (no Progress) this long went to a dead or paused node
+OVERLOAD_BACKOFF_S = 0.1  # first wait before retrying `overloaded`; doubles per retry, with jitter
+OVERLOAD_BACKOFF_MAX_S = 2.0
+HARD_MARGIN_S = 1.0  # ask() returns at most this long after its timeout, whatever the connection does
 DENIAL_POLL_S = 0.5  # how often a waiting client looks for a permission denial the server reported late
 
 
@@ -57,6 +62,7 @@ class MeshClient:
         self.target = self.subjects.ingress  # where queries go: the ingress, or one tier's subject (to_tier)
         self._owns_connection = owns_connection
         self.resends = 0  # queries sent again because their holder went silent (for tests and metrics)
+        self.overload_retries = 0  # `overloaded` replies retried after a backoff, all calls together
 
     @classmethod
     async def connect(
@@ -94,8 +100,13 @@ class MeshClient:
         stall_timeout: float | None = None,
         **options: Any,
     ) -> Answer:
-        """Ask and wait for the Answer; on timeout, retry up to ``retries`` times with the same id.
+        """Ask and wait for the Answer, within ``timeout`` seconds in all (re-sends and retries included).
 
+        An attempt no node takes up (no reply, or no responders) is made again with the same id,
+        up to ``retries`` times; each gets an equal share of ``timeout``, except that an attempt
+        whose holder sends heartbeats runs to the end of ``timeout``. An ``overloaded`` Error
+        (nothing was started) is retried after a jittered exponential backoff while time remains;
+        ``MeshError.retries`` and ``client.overload_retries`` count those retries.
         The query asks for Progress heartbeats: when the node holding it goes silent for
         ``stall_timeout`` seconds (default: 3 of the node's heartbeat periods, 3 s at the node's
         default), the holder is taken for dead and the same query id is sent again at once, so a
@@ -104,11 +115,19 @@ class MeshClient:
         ``options`` are Query fields: scenario, max_tokens, temperature, top_p, max_hops
         (``progress=False`` turns heartbeats and stall detection off).
         """
-        async with aclosing(self._exchange(question, query_id, timeout, retries, False, stall_timeout, options)) as events:
-            async for event in events:
-                if isinstance(event, Answer):
-                    return event
-        raise AssertionError("unreachable: an exchange ends with an Answer or raises")
+        query_id = query_id or uuid.uuid4().hex
+
+        async def exchange() -> Answer:
+            async with aclosing(self._exchange(question, query_id, timeout, retries, False, stall_timeout, options)) as events:
+                async for event in events:
+                    if isinstance(event, Answer):
+                        return event
+            raise AssertionError("unreachable: an exchange ends with an Answer or raises")
+
+        try:  # the exchange watches its own deadline; this bounds what it cannot (a stuck connection)
+            return await asyncio.wait_for(exchange(), timeout + HARD_MARGIN_S)
+        except asyncio.TimeoutError:
+            raise MeshError("timeout", f"no answer within {timeout:g}s", query_id) from None
 
     async def stream(
         self,
@@ -148,16 +167,23 @@ class MeshClient:
         with tracing.span("ask", kind="client", query_id=query_id, subject=self.target):  # the mesh's root span
             subscription = await self.nc.subscribe(f"{exchange.inbox}.*")
             try:
-                for attempt in range(retries + 1):
-                    await exchange.attempt(self._payload(question, query_id, timeout, stream=stream, **options))
+                attempt = 0
+                while True:
+                    share = exchange.remaining() / (retries + 1 - attempt) if attempt <= retries else exchange.remaining()
+                    await exchange.attempt(self._payload(question, query_id, exchange.remaining(), stream=stream, **options), share)
                     async for event in exchange.replies(subscription):
                         yield event
                     if exchange.answered:
                         return
                     exchange.attempt_over()
-                    if exchange.unavailable and attempt < retries:
-                        await asyncio.sleep(min(0.5 * (attempt + 1), 2.0))
-                raise exchange.gave_up(retries)
+                    if exchange.overloaded is not None:
+                        await exchange.back_off()  # raises when the backoff would outlast the deadline
+                        continue
+                    if attempt >= retries or exchange.remaining() <= 0:
+                        raise exchange.gave_up(retries)
+                    if exchange.unavailable:
+                        await asyncio.sleep(min(0.5 * (attempt + 1), 2.0, exchange.remaining()))
+                    attempt += 1
             finally:
                 try:
                     await subscription.unsubscribe()
@@ -192,11 +218,13 @@ class _Exchange:
         attempt() ──► WAITING ──reply(): Answer──────────────────────────► ANSWERED
                       │  ▲ ▲
                       │  │ └─reply(): Progress (arms the stall timer), Chunk (yielded)
-                      │  └───silence(): the holder died: send again on a new subject
-                      │      (after MAX_RESENDS the timer is off; after Chunks: `interrupted`)
-                      ├──deadline passed ──► OVER: attempt_over() (`timeout` once Chunks went out)
-                      └──no responders ───►    ── retry left: attempt() again; none: gave_up()
-        (an Error reply raises at once, as does a denial the server reported)
+                      │  └───silence(): no Progress since the send (FIRST_CONTACT_S) or since the
+                      │      last one: the holder died or hangs: send again on a new subject,
+                      │      as often as the deadline allows (after Chunks: `interrupted`)
+                      ├──attempt's share passed ──► OVER: attempt_over() (`timeout` once Chunks went out)
+                      ├──no responders ──────────►    ── retry left: attempt() again; none: gave_up()
+                      └──`overloaded` ──► back_off() (jittered, doubling) then attempt() again
+        (one deadline for the whole call; another Error raises at once, as does a denial)
     """
 
     def __init__(self, client: MeshClient, query_id: str, timeout: float, stream: bool, watch: bool, stall_timeout: float | None) -> None:
@@ -214,25 +242,44 @@ class _Exchange:
         self.answered = False
         self.unavailable = False
         self.last_error = "no attempt made"
+        self.overloaded: Error | None = None  # the current attempt's `overloaded` reply, to retry after a backoff
+        self.overload_retries = 0
         self._payload = b""
         self._current = ""
-        self._deadline = 0.0
+        self._end = time.monotonic() + timeout  # the whole call's deadline: nothing runs after it
+        self._deadline = 0.0  # the current attempt's end (extended to _end once its holder heartbeats)
         self._heard = 0.0
-        self._stall_after: float | None = None  # armed by the first Progress of the current send
-        self._resends = 0
+        self._stall_after: float | None = None  # first-contact time, then heartbeat periods of the current send
 
-    async def attempt(self, payload: bytes) -> None:
-        """Start an attempt: a fresh deadline, stall timer off, the query sent on a new reply subject."""
+    def remaining(self) -> float:
+        return max(self._end - time.monotonic(), 0.0)
+
+    async def attempt(self, payload: bytes, share: float) -> None:
+        """Start an attempt of ``share`` seconds: the query sent on a new reply subject."""
         self._payload = payload
         self._heard = time.monotonic()
-        self._deadline = self._heard + self.timeout
-        self._stall_after, self._resends, self.unavailable = None, 0, False
+        self._deadline = min(self._heard + share, self._end)
+        self.unavailable, self.overloaded = False, None
         await self._send(flush=self.sends == 0)
 
+    async def back_off(self) -> None:
+        """Wait a jittered, doubling time before retrying `overloaded`; raise it if the deadline comes first."""
+        assert self.overloaded is not None
+        wait = min(OVERLOAD_BACKOFF_S * 2**self.overload_retries, OVERLOAD_BACKOFF_MAX_S) * random.uniform(0.5, 1.5)
+        if wait >= self.remaining():
+            detail = self.overloaded.error
+            raise MeshError(detail.code.value, detail.message, self.query_id, self.overloaded, retries=self.overload_retries)
+        await asyncio.sleep(wait)
+        self.overload_retries += 1
+        self.client.overload_retries += 1
+
     async def _send(self, *, flush: bool) -> None:
+        """Send on a new reply subject: a late reply to an earlier send (a paused node waking up) is ignored."""
         self._current = f"{self.inbox}.{self.sends}"
         self.sends += 1
-        await self.client._send(self._payload, self._current, self.timeout, flush=flush)
+        if self.watch:  # a live node sends Progress at once; none by then: send again
+            self._stall_after = self.stall_timeout if self.stall_timeout is not None else FIRST_CONTACT_S
+        await self.client._send(self._payload, self._current, max(self.remaining(), 0.05), flush=flush)
 
     async def replies(self, subscription: Subscription) -> AsyncIterator[Chunk | Answer]:
         """What the current attempt yields to the caller, until an Answer, the deadline, or no responders."""
@@ -240,6 +287,8 @@ class _Exchange:
             wait = self._next_wait()
             if wait is None:
                 self.last_error = f"no answer within {self.timeout:g}s"
+                return
+            if self.overloaded is not None:
                 return
             if denial := self._denial_for(self.client.target):  # reported asynchronously: look each round
                 raise MeshError("forbidden", denial, self.query_id)
@@ -261,9 +310,9 @@ class _Exchange:
                     return
 
     def _next_wait(self) -> float | None:
-        """Seconds to wait for a message: None once the deadline passed, <= 0 once the stall timer fired."""
+        """Seconds to wait for a message: None once the attempt ended, <= 0 once the stall timer fired."""
         now = time.monotonic()
-        remaining = self._deadline - now
+        remaining = min(self._deadline, self._end) - now
         if remaining <= 0:
             return None
         return remaining if self._stall_after is None else min(remaining, self._heard + self._stall_after - now)
@@ -281,9 +330,13 @@ class _Exchange:
         if isinstance(reply, Progress):
             if self.watch:
                 self._stall_after = self.stall_timeout if self.stall_timeout is not None else max(HEARTBEAT_MISSES * reply.every, 0.5)
+                self._deadline = self._end  # a holder that heartbeats keeps the query until the call's deadline
             return None
         if isinstance(reply, Error):
-            raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply)
+            if reply.error.code == ErrorCode.OVERLOADED and not self.chunks:
+                self.overloaded = reply  # nothing was started: safe to send again after a backoff
+                return None
+            raise MeshError(reply.error.code.value, reply.error.message, reply.id, reply, retries=self.overload_retries)
         if not self.stream:
             raise MeshError("bad_reply", "a streamed chunk arrived for a query that did not ask to stream", self.query_id)
         self.chunks += 1
@@ -296,11 +349,7 @@ class _Exchange:
             raise MeshError(
                 "interrupted", f"the node streaming the answer went silent after {self.chunks} chunk{s}; ask again for a whole new answer", self.query_id
             )
-        self._stall_after = None
-        if self._resends >= MAX_RESENDS:
-            return  # leave the rest to the deadline
-        self._resends += 1
-        self.client.resends += 1
+        self.client.resends += 1  # again and again until the deadline: each send may reach a live node
         await self._send(flush=False)
         self._heard = time.monotonic()
 
@@ -311,7 +360,8 @@ class _Exchange:
 
     def gave_up(self, retries: int) -> MeshError:
         code = "unavailable" if self.last_error.startswith("no node") else "timeout"
-        return MeshError(code, f"{self.last_error} (after {retries + 1} attempt{'s' if retries else ''})", self.query_id)
+        s = "s" if self.sends != 1 else ""
+        return MeshError(code, f"{self.last_error} (after {self.sends} send{s})", self.query_id, retries=self.overload_retries)
 
 
 def _read(data: bytes, query_id: str) -> Answer | Chunk | Progress | Error:

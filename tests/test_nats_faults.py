@@ -130,11 +130,11 @@ async def test_nodes_and_queries_survive_a_nats_server_restart(tmp_path: Path, k
         # Down for longer than the client's per-attempt timeout: the reply to the first attempt is
         # buffered by the node's NATS client, or lost and the client re-sends the same id; either
         # way exactly one Answer comes back (in_flight_attempts reports which happened).
-        across = asyncio.create_task(client.ask("#slow across", timeout=2, retries=4, query_id="across-1"))
+        across = asyncio.create_task(client.ask("#slow across", timeout=10, retries=4, query_id="across-1"))
         await wait_for(lambda: "#slow across" in small.backend.prompts, 5, "the slow query to reach the node")
         down = time.monotonic()
         server.halt(kill=kill)
-        during = [asyncio.create_task(client.ask(f"during {i}", timeout=4, retries=3)) for i in range(10)]
+        during = [asyncio.create_task(client.ask(f"during {i}", timeout=16, retries=3)) for i in range(10)]
         await asyncio.sleep(DOWNTIME_S)
         await asyncio.to_thread(server.start)
         up = time.monotonic()
@@ -155,7 +155,7 @@ async def test_nodes_and_queries_survive_a_nats_server_restart(tmp_path: Path, k
         assert answer_across.text == "ok" and answer_across.id == "across-1"
         assert small.backend.prompts.count("#slow across") >= 1
         answered_during = await asyncio.gather(*during)
-        after = await asyncio.gather(*(client.ask(f"{'#reject ' if i % 2 else ''}after {i}", timeout=5, retries=2) for i in range(50)))
+        after = await asyncio.gather(*(client.ask(f"{'#reject ' if i % 2 else ''}after {i}", timeout=15, retries=2) for i in range(50)))
         listed = {card["node_id"] for card in await status_json(server.url, mesh.prefix)}
         reregistered = await registered
 
@@ -261,7 +261,7 @@ async def test_a_killed_cluster_server_loses_no_query() -> None:
                     qid = f"q{i:03d}"
                     sent_at[qid] = time.monotonic()
                     try:
-                        answer = await client.ask(f"{'#reject ' if i % 2 else ''}steady {i}", timeout=3, retries=4, query_id=qid)
+                        answer = await client.ask(f"{'#reject ' if i % 2 else ''}steady {i}", timeout=15, retries=4, query_id=qid)
                     except Exception as exc:
                         failures.append((qid, repr(exc)))
                         return
