@@ -58,7 +58,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("`node_rss_mb`", _n(r["node_rss_mb"], 0), "", f"a `disrouter-node` process serving {c['model']} (transformers, fp32)"),
         ("`batching_speedup`", f"**{_n(r['batching_speedup'], 2)}**", _target(r, "batching_speedup"),
          f"transformers backend, the same {c['batch_queries']} completions of at most {c['batch_max_tokens']} tokens in each arm "
-         f"({tokens[0]} and {tokens[1]} tokens generated): tokens/s at {conc} in flight ({_n(r[f'transformers_tokens_per_s_{conc}'], 1)}) "
+         f"({_n(tokens[0])} and {_n(tokens[1])} tokens generated): tokens/s at {conc} in flight ({_n(r[f'transformers_tokens_per_s_{conc}'], 1)}) "
          f"÷ at 1 ({_n(r['transformers_tokens_per_s_1'], 1)})"),
         ("`reject_cost_ratio`", f"**{_n(r['reject_cost_ratio'], 3)}**", _target(r, "reject_cost_ratio"),
          f"a rejection against a rejection: `probe` forwarding ÷ `generate` answering with the reject phrase, on the "
