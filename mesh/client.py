@@ -63,6 +63,7 @@ class MeshClient:
         self._owns_connection = owns_connection
         self.resends = 0  # queries sent again because their holder went silent (for tests and metrics)
         self.overload_retries = 0  # `overloaded` replies retried after a backoff, all calls together
+        self.retry_overloaded = True  # False: raise `overloaded` at once (an HTTP gateway answers 429 and its client backs off)
 
     @classmethod
     async def connect(
@@ -78,6 +79,7 @@ class MeshClient:
         """A client on the same connection that sends to one tier's subject (any of its replicas takes it)."""
         tier = MeshClient(self.nc, self.subjects.prefix)
         tier.target = self.subjects.model(model_key)
+        tier.retry_overloaded = self.retry_overloaded
         return tier
 
     async def __aenter__(self) -> "MeshClient":
@@ -266,7 +268,7 @@ class _Exchange:
         """Wait a jittered, doubling time before retrying `overloaded`; raise it if the deadline comes first."""
         assert self.overloaded is not None
         wait = min(OVERLOAD_BACKOFF_S * 2**self.overload_retries, OVERLOAD_BACKOFF_MAX_S) * random.uniform(0.5, 1.5)
-        if wait >= self.remaining():
+        if wait >= self.remaining() or not self.client.retry_overloaded:
             detail = self.overloaded.error
             raise MeshError(detail.code.value, detail.message, self.query_id, self.overloaded, retries=self.overload_retries)
         await asyncio.sleep(wait)

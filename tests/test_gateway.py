@@ -20,6 +20,8 @@ from conftest import REPLIES, Mesh
 from harness import wait_for
 from instant_nodes import InstantMesh, SlowInstantBackend
 
+from disrouter.node.backends.base import Generation, GenerationRequest, TextSink
+
 from disrouter.local.nats_server import NatsServer
 from harness import NodeHarness
 
@@ -159,8 +161,22 @@ async def wait_for_models(client: openai.AsyncOpenAI, expected: list[str], timeo
     raise AssertionError(f"/v1/models never became {expected}")
 
 
+class GatedBackend(SlowInstantBackend):
+    """The instant backend; ``#hold`` in the prompt waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__("instant")
+        self.gate = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
+        if "#hold" in request.messages[-1]["content"]:
+            await self.gate.wait()
+        return await super().generate(request, on_text)
+
+
 async def test_errors_map_to_openai_errors_and_http_codes(nats_url: str, instant: InstantMesh) -> None:
-    await instant.add("solo", 0.1, entry=True, settings={"max_in_flight": 1})
+    backend = GatedBackend()
+    await instant.add("solo", 0.1, entry=True, backend=backend, settings={"max_in_flight": 1})
     async with Gateway(nats_url, instant.prefix) as gateway:
         client = gateway.client()
         with pytest.raises(openai.AuthenticationError) as denied:
@@ -173,14 +189,15 @@ async def test_errors_map_to_openai_errors_and_http_codes(nats_url: str, instant
             await client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "hi"}], extra_body={"scenario": "cheapest"})
         assert scenario.value.code == "invalid_query"
         # one slow query holds the node's only slot: the next one is `overloaded`, 429, streaming or not
-        slow = asyncio.create_task(client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "#slow"}]))
-        await wait_for(lambda: instant.nodes[0].held == 1, what="the slow query to be held")
+        held = asyncio.create_task(client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "#hold"}]))
+        await wait_for(lambda: instant.nodes[0].held == 1, what="the held query to be held")
         with pytest.raises(openai.RateLimitError) as overloaded:
             await client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "hi"}])
         assert overloaded.value.code == "overloaded" and overloaded.value.response.headers["retry-after"] == "1"
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="disrouter", messages=[{"role": "user", "content": "hi"}], stream=True)
-        assert (await slow).choices[0].message.content == "ok"
+        backend.gate.set()
+        assert (await held).choices[0].message.content == "ok"
         # the client's time is up before the slow query's answer: 504
         with pytest.raises(openai.APIStatusError) as late:
             await client.chat.completions.create(
