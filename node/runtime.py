@@ -25,6 +25,7 @@ decision ``overflow``), or, when none takes it, replies an Error ``overloaded``:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,14 @@ from .metrics import NodeMetrics, TimedBackend
 from .policies import Decision, Policy
 from .routing import Routing, Target
 from .settings import NodeSettings
+
+REPLY_PREFIXES_ENV = "DISROUTER_REPLY_PREFIXES"  # comma-separated subject prefixes allowed as reply_to besides _INBOX.
+
+
+def reply_prefixes() -> tuple[str, ...]:
+    """Subjects a node answers on: ``_INBOX.`` and any prefixes in ``$DISROUTER_REPLY_PREFIXES``."""
+    extra = [p.strip() for p in os.environ.get(REPLY_PREFIXES_ENV, "").split(",") if p.strip()]
+    return ("_INBOX.", *extra)
 
 log = structlog.get_logger("disrouter.node")
 
@@ -261,7 +270,7 @@ class Node:
         except ProtocolError as exc:
             await self._reject_malformed(msg, exc)
             return
-        handoff = self._envelope(arrived, msg)
+        handoff = await self._envelope(arrived, msg)
         if handoff is None:
             return
         structlog.contextvars.bind_contextvars(query_id=handoff.query.id)
@@ -285,8 +294,11 @@ class Node:
         finally:
             self._release(handoff)
 
-    def _envelope(self, arrived: Query | HandOff, msg: Msg) -> HandOff | None:
-        """The HandOff to work on: as received, or a client's Query wrapped with its reply subject and format."""
+    async def _envelope(self, arrived: Query | HandOff, msg: Msg) -> HandOff | None:
+        """The HandOff to work on: as received, or a client's Query wrapped with its reply subject and format.
+
+        None when there is nowhere honest to answer: no reply subject, or one that is not an inbox
+        (a forged ``reply_to`` naming a mesh subject would make this node publish there)."""
         if isinstance(arrived, HandOff):
             handoff = arrived
         elif not msg.reply:
@@ -294,6 +306,14 @@ class Node:
             return None
         else:
             handoff = HandOff(query=arrived, reply_to=msg.reply, wire=wire_format_of(msg.data))
+        if not handoff.reply_to.startswith(reply_prefixes()):
+            self.stats.errors += 1
+            self.metrics.on_error(ErrorCode.INVALID_QUERY.value)
+            self._log.warning("reply_to_refused", query_id=handoff.query.id, reply_to=handoff.reply_to[:128])
+            if isinstance(arrived, HandOff) and msg.reply and msg.reply.startswith(reply_prefixes()):
+                refusal = Error.of(ErrorCode.INVALID_QUERY, "reply_to must be an inbox subject", arrived.query.id)
+                await self._respond(msg, encode(refusal, handoff.wire))
+            return None
         return handoff.model_copy(update={"query": handoff.query.with_deadline(self.settings.default_timeout_s)})
 
     async def _refuse(self, msg: Msg, *, full: bool) -> None:

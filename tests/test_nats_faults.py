@@ -26,7 +26,7 @@ from disrouter.mesh.subjects import Subjects
 
 BIN = Path(sys.executable).parent
 DOWNTIME_S = 2.5
-CLIENT_INBOX = "_INBOX_faults"  # the test client's reply subjects, tapped to count replies on the wire
+CLIENT_INBOX = "_INBOX.faults"  # the test client's reply subjects, tapped to count replies on the wire
 
 
 def report(scenario: str, **figures: object) -> None:
