@@ -1,7 +1,9 @@
 """The mesh's live models, for GET /v1/models and for requests that name a tier.
 
-Read-only: the gateway watches the registry bucket the nodes keep (it never creates it or writes
-a card); until the first node has created the bucket it looks again every few seconds.
+Read-only and self-healing: the gateway reads the registry bucket the nodes keep every
+``POLL_S`` seconds (it never creates the bucket or writes a card). Reading afresh each time
+needs no long-lived watcher, so a NATS restart that loses the bucket, or a failover, heals at
+the next read once a node has recreated it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
-from disrouter.mesh.membership import Membership, NodeCard, registry_ttl
+from disrouter.mesh.membership import NodeCard, list_cards
 from disrouter.mesh.subjects import Subjects
 
 from .settings import ROUTED_MODEL
 
 log = structlog.get_logger("disrouter.gateway.models")
-RETRY_S = 2.0
+POLL_S = 1.0
 
 
 class LiveModels:
@@ -29,43 +32,39 @@ class LiveModels:
     def __init__(self, nc: NATS, subjects: Subjects) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._membership: Membership | None = None
+        self._cards: list[NodeCard] = []
         self._task: asyncio.Task | None = None
+        self.synced = False  # the registry was read at least once (it may be empty)
         self.started = time.time()
 
-    @property
-    def synced(self) -> bool:
-        return self._membership is not None and self._membership.synced.is_set()
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="gateway-registry")
+        self._task = asyncio.create_task(self._poll(), name="gateway-registry")
 
-    async def _watch(self) -> None:
-        """Open the bucket (waiting for a node to create it), then keep its live table."""
+    async def _poll(self) -> None:
+        """Read the bucket's cards every POLL_S seconds; reopen it after any failure."""
+        kv: KeyValue | None = None
         while True:
             try:
-                kv = await self._nc.jetstream().key_value(self._subjects.registry_bucket)
-                membership = Membership(kv, ttl=await registry_ttl(kv))
-                await membership.start()
-                self._membership = membership
-                return
+                kv = kv or await self._nc.jetstream().key_value(self._subjects.registry_bucket)
+                self._cards = await list_cards(kv)
+                self.synced = True
             except asyncio.CancelledError:
                 raise
             except (BucketNotFoundError, NotFoundError):
+                kv, self._cards, self.synced = None, [], True  # no node has created it yet: an empty mesh
                 log.info("registry_not_created_yet", bucket=self._subjects.registry_bucket)
-            except Exception as exc:  # NATS reconnecting or JetStream electing: try again
-                log.warning("registry_watch_failed", error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(RETRY_S)
+            except Exception as exc:  # NATS reconnecting or JetStream electing: read again soon
+                kv = None
+                log.warning("registry_read_failed", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(POLL_S)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._membership is not None:
-            await self._membership.stop()
 
     def cards(self) -> list[NodeCard]:
-        return self._membership.live() if self._membership is not None else []
+        return self._cards
 
     def tier_of(self, name: str) -> str | None:
         """The model key a request's model name means: a live tier's key, or the model it serves."""

@@ -259,3 +259,22 @@ async def test_gateway_user_of_the_shipped_permissions_asks_and_lists(tmp_path: 
                 assert named.model == "large"
         finally:
             await mesh.close()
+
+
+async def test_models_come_back_after_nats_restarts_and_loses_the_registry(tmp_path: Path) -> None:
+    """A lone nats-server keeps the registry in memory: after a restart the nodes recreate it, and
+    the gateway's model list and tier routing follow without a restart of their own."""
+    with NatsServer() as server:
+        mesh = InstantMesh(server.url)
+        try:
+            small = await mesh.add("small", 0.1, entry=True)
+            async with Gateway(server.url, mesh.prefix) as gateway:
+                client = gateway.client()
+                await wait_for_models(client, ["disrouter", "small"])
+                server.restart()
+                await asyncio.sleep(3 * mesh.registry_ttl_s)  # longer than a card lives unless refreshed: a stale table would be empty
+                await wait_for_models(client, ["disrouter", "small"], timeout=30)
+                named = await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+                assert named.model_extra["disrouter"]["node_id"] == small.card.node_id
+        finally:
+            await mesh.close()
