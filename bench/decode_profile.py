@@ -25,7 +25,7 @@ import torch
 from disrouter.node.backends import GenerationRequest
 from disrouter.node.backends.sources import local_folder, resolve
 from disrouter.node.backends.transformers import TransformersBackend
-from disrouter.node.prompts import reject_variants
+from disrouter.node.prompts import REJECT_PHRASE, reject_variants, with_scenario
 
 CHAT = [{"role": "user", "content": "Write a long story about a lighthouse."}]
 SHORT = 8  # tokens of the short run whose time is subtracted
@@ -78,6 +78,15 @@ async def backend_seconds(backend: TransformersBackend, tokens: int, suppress: b
 VARIANTS = {"plain": (False, False), "suppress": (True, False), "suppress_stream": (True, True)}  # (suppress, stream)
 
 
+async def probe_seconds(backend: TransformersBackend) -> float:
+    """Seconds for one probe (P(reject phrase | scenario prompt)), its prompt prefix already cached."""
+    chat = with_scenario(CHAT, alpha=0.5)
+    await backend.continuation_logprob(chat, REJECT_PHRASE)  # the prefix's KV cache is filled once
+    started = time.perf_counter()
+    await backend.continuation_logprob(chat, REJECT_PHRASE)
+    return time.perf_counter() - started
+
+
 def figures(backend: TransformersBackend, tokens: int, repeats: int) -> dict[str, Any]:
     """Per-token ms of the bare loop and of each backend variant, measured interleaved; the
     fastest of ``repeats`` runs counts (other processes only ever add time)."""
@@ -95,6 +104,7 @@ def figures(backend: TransformersBackend, tokens: int, repeats: int) -> dict[str
         ms = {name: (best[name, tokens] - best[name, SHORT]) / (tokens - SHORT) * 1000 for name in measures}
         result: dict[str, Any] = {f"{name}_ms_per_token": round(value, 3) for name, value in ms.items()}
         result |= {f"backend_{name}_vs_bare": round(ms[f"backend_{name}"] / ms["bare_forward"], 2) for name in VARIANTS}
+        result["probe_ms"] = round(min(loop.run_until_complete(probe_seconds(backend)) for _ in range(repeats)) * 1000, 2)
         return result
     finally:
         loop.run_until_complete(backend.close())
