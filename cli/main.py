@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--preset", default="smoke", help="smoke (minutes, CI), full, or a preset YAML file (default smoke)")
     quality.add_argument("--out", default=None, help="results folder (default: ./bench-quality-<preset>)")
     add_log_options(quality, default_format="console")
+    chaos = benchmarks.add_parser("chaos", help="soak: node and NATS server kills, pauses, drains under open-loop load")
+    chaos.add_argument("--minutes", type=_positive, default=10.0, help="length of the load (default 10; CI runs 2)")
+    chaos.add_argument("--out", default=None, help="results folder (default: ./bench-chaos)")
+    chaos.add_argument("--seed", type=int, default=13, help="seed of the fault schedule and the load mix")
+    chaos.add_argument("--rate", type=_positive, default=4.0, help="queries a second, all clients together (default 4)")
+    add_log_options(chaos, default_format="console")
 
     train = commands.add_parser("train", help="teach a model when to say \"I don't know!\" (needs the train extra)")
     train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all", "family"], help="one stage, or all in order (each resumes); family: pretrain the model family")
@@ -206,6 +212,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         from disrouter.bench.quality.run import main as run_quality
 
         return run_quality(args.preset, args.out)
+    if args.command == "bench" and args.benchmark == "chaos":
+        from disrouter.bench.chaos.run import main as run_chaos
+
+        command = " ".join(["disrouter", *(argv if argv is not None else sys.argv[1:])])
+        return run_chaos(args.minutes, args.out, command, seed=args.seed, rate=args.rate)
     if args.command == "bench":
         from disrouter.bench.perf import main as run_perf
 
