@@ -151,8 +151,9 @@ def decode(model, rows: list[Row], *, pad_id: int, stop_ids: set[int], sampling:
         if ban is not None:
             scores = ban.apply(scores, active)
         chosen = sampling.pick(scores)
+        tokens = chosen.tolist()  # the step's one device-to-host sync: the device has finished the step
         now = time.time()
-        for row, token in zip(active, chosen.tolist()):  # the step's one device-to-host sync
+        for row, token in zip(active, tokens):
             row.take(token, stop_ids, now)
         keep = [i for i, row in enumerate(active) if row.reason is None]
         if not keep:
