@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ import yaml
 
 from disrouter.gateway.metrics import GatewayMetrics
 from disrouter.local.nats_server import NatsServer, free_port
+from disrouter.mesh.connection import NatsAuth, connect
+from disrouter.mesh.membership import open_registry
+from disrouter.mesh.subjects import Subjects
 from disrouter.mesh.topology import load_topology
 from disrouter.node.metrics import NodeMetrics
 from disrouter.topologies import topology_path
@@ -171,6 +176,34 @@ def test_image_holds_every_package() -> None:
     assert all((ROOT / top).exists() for top in tops)
 
 
+def test_image_build_context_makes_a_complete_wheel(tmp_path: Path) -> None:
+    """What `pip install .` does in the image, on the tracked files .dockerignore lets through:
+    the wheel holds every package and both commands."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    context = tmp_path / "context"
+    for name in tracked:
+        parts = Path(name).parts
+        if any(fnmatch(parts[0], pattern) or fnmatch(name, pattern) or fnmatch(part, pattern.removeprefix("**/")) for pattern in patterns for part in parts):
+            continue
+        if (ROOT / name).is_file():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, context / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"), str(context)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("disrouter-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for package in packages:
+        assert package.replace(".", "/") + "/__init__.py" in names, package
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "disrouter = disrouter.cli.main:main" in entry_points and "disrouter-node = disrouter.node.cli:main" in entry_points
+    assert "disrouter/topologies/demo.yaml" in names
+
+
 # --- what the manifests point at ---------------------------------------------------------------
 
 
@@ -249,6 +282,61 @@ def test_dashboard_queries_use_metrics_that_exist() -> None:
     assert {"disrouter_in_flight", "disrouter_queries_total", "disrouter_gateway_requests_total"} <= used
 
 
+# --- the command lines, run for real -----------------------------------------------------------
+
+
+def nats_config(overlay: str, folder: Path, ports: dict[str, int], pid_file: Path) -> Path:
+    """The overlay's rendered NATS ConfigMap written to ``folder`` with its ports, routes and
+    paths moved to this machine (``ports``: client, monitor, and cluster-<i> for each route)."""
+    data = next(d for n, d in of_kind(render(overlay), "ConfigMap").items() if n.startswith("nats-config"))["data"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in data.items():
+        text = text.replace("port: 4222", f"port: {ports['client']}").replace("http_port: 8222", f"http_port: {ports['monitor']}")
+        text = text.replace("/var/run/nats/nats.pid", str(pid_file)).replace("store_dir: /data", "# store_dir: -sd")
+        for i in range(3):
+            text = text.replace(f"nats://nats-{i}.nats-headless:6222", f"nats://127.0.0.1:{ports.get(f'cluster-{i}', 0)}")
+        if "cluster-self" in ports:
+            text = text.replace("port: 6222", f"port: {ports['cluster-self']}")
+        (folder / name).write_text(text)
+    return folder / "nats.conf"
+
+
+def test_gpu_overlay_nats_forms_a_three_server_jetstream_cluster(tmp_path: Path) -> None:
+    """The gpu-qwen2.5 NATS config as three servers (routes moved to local ports): each answers
+    its three probes, and JetStream keeps a three-replica registry bucket."""
+    docs = render("gpu-qwen2.5")
+    statefulset = of_kind(docs, "StatefulSet")["nats"]
+    assert statefulset["spec"]["replicas"] == 3
+    probes = [path for _, path in probe_paths(statefulset["spec"]["template"]["spec"]["containers"][0])]
+    cluster_ports = {f"cluster-{i}": free_port() for i in range(3)}
+    servers = []
+    passwords = {f"DISROUTER_{u.upper()}_PASSWORD": f"pw{u}" for u in ("client", "node", "gateway", "admin")}
+    try:
+        for i in range(3):
+            ports = {"client": free_port(), "monitor": free_port(), "cluster-self": cluster_ports[f"cluster-{i}"], **cluster_ports}
+            config = nats_config("gpu-qwen2.5", tmp_path / f"nats-{i}", ports, tmp_path / f"nats-{i}.pid")
+            server = NatsServer(port=ports["client"], config=config, env=passwords | {"SERVER_NAME": f"nats-{i}"}, store_dir=tmp_path / f"js-{i}")
+            servers.append((server.start(timeout=30), ports["monitor"]))
+        for _, monitor in servers:
+            asyncio.run(_all_ok(f"http://127.0.0.1:{monitor}", probes))
+        jsz = httpx.get(f"http://127.0.0.1:{servers[0][1]}/jsz").json()
+        assert jsz["meta_cluster"]["cluster_size"] == 3, jsz.get("meta_cluster")
+        assert asyncio.run(_registry_replicas(servers[0][0].url, passwords["DISROUTER_ADMIN_PASSWORD"])) == 3
+    finally:
+        for server, _ in servers:
+            server.stop()
+
+
+async def _registry_replicas(url: str, admin_password: str) -> int:
+    """Replicas of the registry bucket a node would create on this server (as admin)."""
+    nc = await connect(url, auth=NatsAuth(user="admin", password=admin_password))
+    try:
+        await open_registry(nc, Subjects("disrouter"))
+        return (await nc.jetstream().stream_info(f"KV_{Subjects('disrouter').registry_bucket}")).config.num_replicas
+    finally:
+        await nc.close()
+
+
 # --- the cpu-demo command lines, run for real --------------------------------------------------
 
 
@@ -294,11 +382,8 @@ async def test_cpu_demo_command_lines_run_and_answer_their_probes(tmp_path: Path
     with their Deployments' command lines, logged in with the credentials files they mount; every
     probe the manifests declare answers 200, and a question goes through the gateway."""
     docs = render("cpu-demo")
-    configs = next(d for n, d in of_kind(docs, "ConfigMap").items() if n.startswith("nats-config"))["data"]
     nats_port, monitor_port = free_port(), free_port()
-    for name, text in configs.items():
-        text = text.replace("port: 4222", f"port: {nats_port}").replace("http_port: 8222", f"http_port: {monitor_port}")
-        (tmp_path / name).write_text(text.replace("/var/run/nats/", f"{tmp_path}/").replace("store_dir: /data", "# store_dir: -sd"))
+    config = nats_config("cpu-demo", tmp_path / "nats", {"client": nats_port, "monitor": monitor_port}, tmp_path / "nats.pid")
     passwords = {user: f"pw{user}{os.getpid()}" for user in ("client", "node", "gateway", "admin")}
     env = {f"DISROUTER_{u.upper()}_PASSWORD": p for u, p in passwords.items()} | {"SERVER_NAME": "nats-0"}
     nats = of_kind(docs, "StatefulSet")["nats"]["spec"]["template"]["spec"]["containers"][0]
@@ -308,7 +393,7 @@ async def test_cpu_demo_command_lines_run_and_answer_their_probes(tmp_path: Path
         (secrets / f"{user}-password").write_text(passwords[user])
     (secrets / "keys").write_text("# client keys\nsk-k8s-test\n")
     (tmp_path / "topology.yaml").write_text(next(d for n, d in of_kind(docs, "ConfigMap").items() if n.startswith("disrouter-topology"))["data"]["topology.yaml"])
-    with NatsServer(port=nats_port, config=tmp_path / "nats.conf", env=env, store_dir=tmp_path / "js") as server:
+    with NatsServer(port=nats_port, config=config, env=env, store_dir=tmp_path / "js") as server:
         await _all_ok(f"http://127.0.0.1:{monitor_port}", [path for _, path in probe_paths(nats)])
         deployments = of_kind(docs, "Deployment")
         node_spec = deployments["disrouter-node-smollm2-small"]["spec"]["template"]["spec"]["containers"][0]
