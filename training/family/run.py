@@ -84,7 +84,7 @@ def train_all(config: FamilyConfig, corpus: list[QA], tokenizer, progress: bool)
     """Train every tier not yet saved: one after the other, or each in its own process (one
     thread each) when ``training.parallel``; one progress bar per tier either way."""
     todo = [spec for spec in config.tiers if not (config.out / "tiers" / spec.name / TIER_FILE).is_file()]
-    if config.parallel and len(todo) > 1:
+    if config.parallel and todo:
         _train_in_processes(config, todo, progress)
         return
     examples = encode_examples(tokenizer, corpus, config.system_share, config.seed)
