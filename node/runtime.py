@@ -65,6 +65,8 @@ from .policies import Decision, Policy
 from .routing import Routing, Target
 from .settings import NodeSettings
 
+STALL_S = 3.0  # the event loop did not run this long: the process was paused (SIGSTOP, a frozen VM)
+WAKE_WINDOW_S = 1.0  # after such a stall, messages read this soon were buffered during it: their senders moved on
 REPLY_PREFIXES_ENV = "DISROUTER_REPLY_PREFIXES"  # comma-separated subject prefixes allowed as reply_to besides _INBOX.
 
 
@@ -135,6 +137,9 @@ class Node:
         self._held: dict[int, HandOff] = {}  # queries this node is responsible for, by id(handoff)
         self._overflowing = 0  # client requests being passed on because the node is full
         self._heartbeats: asyncio.Task | None = None
+        self._stall_watch: asyncio.Task | None = None
+        self._tick = time.monotonic()  # last run of the stall watcher
+        self._woke = float("-inf")  # when the process last woke from a stall
         self._draining = False
         self._registered = False
         self._log = log.bind(node_id=card.node_id, model=card.model_key)
@@ -164,6 +169,7 @@ class Node:
             )
         await self.nc.flush()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop())
+        self._stall_watch = asyncio.create_task(self._watch_stalls())
         if self.probes is None and self.settings.http_port is not None:
             self.probes = await ProbeServer().start(self.settings.http_host, self.settings.http_port)
         if self.probes is not None:
@@ -183,9 +189,10 @@ class Node:
         if self._inflight:
             self._log.info("draining", inflight=len(self._inflight))
             await asyncio.wait(set(self._inflight), timeout=self.settings.drain_timeout_s)
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        for task in (self._heartbeats, self._stall_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.membership is not None:
             await self.membership.stop()
         await self.backend.close()
@@ -255,6 +262,20 @@ class Node:
                 if id(handoff) in self._held:
                     await self._progress(handoff)
 
+    async def _watch_stalls(self) -> None:
+        """Note when the process wakes from a pause: the loop ran nothing for STALL_S seconds."""
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(0.25)
+            if time.monotonic() - self._tick > STALL_S:
+                self._woke = time.monotonic()
+                self._log.warning("woke_from_stall", stalled_s=round(self._woke - self._tick, 1))
+
+    def _waking(self) -> bool:
+        """True right after a pause (or during one the watcher has not seen yet): what arrives now is stale."""
+        now = time.monotonic()
+        return now - self._tick > STALL_S or now - self._woke < WAKE_WINDOW_S
+
     # --- intake: one message in, a HandOff to route (or a refusal, or an Error) ----------------
 
     async def _handle(self, msg: Msg, from_client: bool) -> None:
@@ -275,6 +296,11 @@ class Node:
             return
         structlog.contextvars.bind_contextvars(query_id=handoff.query.id)
         confirm = isinstance(arrived, HandOff) and bool(msg.reply)  # the sender waits for +ACK or -NAK
+        if self._waking():  # its sender gave up on this node while it was paused: a hand-off's tries its
+            self._log.info("stale_after_stall", query_id=handoff.query.id)  # next target, a client re-sends
+            if confirm:
+                await self._refuse(msg, full=False)
+            return
         full = len(self._held) >= self.settings.max_in_flight
         if confirm and (full or self._draining):  # the sender tries its next target
             await self._refuse(msg, full=full and not self._draining)

@@ -40,31 +40,37 @@ async def registered(url: str, prefix: str, ids: set[str], within: float = 30.0)
 
 
 async def test_a_paused_replica_costs_seconds_and_no_call_outlives_its_timeout(nats_url: str) -> None:
-    """Two entry replicas as real processes; one SIGSTOPped. Every ask returns an Answer within T:
-    a send the paused node swallowed is re-sent on a new reply subject after the first-contact time."""
+    """Two entry replicas and two large replicas as real processes; one of each SIGSTOPped. Every ask
+    returns an Answer within T: a send the paused entry swallowed is re-sent on a new reply subject
+    after the first-contact time, a hand-off the paused large replica does not confirm goes to the
+    other. Once woken, the paused nodes answer none of the sends they swallowed (on the wire)."""
     prefix = f"r{uuid.uuid4().hex[:8]}"
-    procs = [await start_cli_node(nats_url, prefix, "small", 0.1, f"rep{i}", "--entry", "--policy", "always") for i in range(2)]
+    procs = [await start_cli_node(nats_url, prefix, "small", 0.1, f"rep{i}", "--entry") for i in range(2)]
+    procs += [await start_cli_node(nats_url, prefix, "large", 0.9, f"big{i}", "--policy", "always") for i in range(2)]
     try:
-        await registered(nats_url, prefix, {"rep0", "rep1"})
+        await registered(nats_url, prefix, {"rep0", "rep1", "big0", "big1"})
         client = await MeshClient.connect(nats_url, prefix, inbox_prefix="_INBOX.resil")
         wire = WireCount()
         await wire.tap(client.nc, "_INBOX.resil.>")
         assert (await client.ask("warm", timeout=10)).text
-        os.kill(procs[0].pid, signal.SIGSTOP)
+        for paused in (procs[0], procs[2]):
+            os.kill(paused.pid, signal.SIGSTOP)
         timeout = 12.0
 
         async def timed(i: int) -> float:
             started = time.monotonic()
-            answer = await client.ask(f"paused {i}", timeout=timeout, stall_timeout=1.5)
-            assert answer.node_id == "rep1"
+            answer = await client.ask(f"{'#reject ' if i % 2 else ''}paused {i}", timeout=timeout, stall_timeout=1.5)
+            assert answer.node_id in ("rep1", "big1")
             return time.monotonic() - started
 
         took = await asyncio.gather(*(timed(i) for i in range(12)))
-        os.kill(procs[0].pid, signal.SIGCONT)
-        print(f"\n[resilience] paused replica: max {max(took):.2f}s, resends {client.resends}, late finals {wire.answered_again}")
+        for paused in (procs[0], procs[2]):
+            os.kill(paused.pid, signal.SIGCONT)
+        await asyncio.sleep(3)  # the woken nodes read what was buffered for them
+        print(f"\n[resilience] paused replicas: max {max(took):.2f}s, resends {client.resends}, late answers {wire.answered_again}")
         assert max(took) < timeout + MARGIN_S
         assert client.resends >= 1  # some sends went to the paused node (1 in 2 expected per send)
-        assert wire.duplicated_per_send == 0
+        assert wire.duplicated_per_send == 0 and wire.answered_again == 0
         await client.close()
     finally:
         for proc in procs:
