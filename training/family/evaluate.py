@@ -6,7 +6,7 @@ template) and judged by the project's graders.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from ..graders import grade
@@ -43,6 +43,22 @@ def group_of(task: Task) -> str:
     if family in ("add", "add_phrasing"):
         return f"{family}/{task.difficulty}d"
     return f"{family}/{task.meta.get('relation', '?')}"
+
+
+def majority_answers(tasks: list[Task]) -> list[str]:
+    """The trivial baseline: for every task, the most common reference answer of its relation
+    (e.g. the most common city) or, for additions, of its digit count; no answer ("") where no
+    answer repeats (choosing one would only copy a single task's answer)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for task in tasks:
+        counts[_answer_pool(task)][task.answer] += 1
+    modal = {pool: counter.most_common(1)[0] for pool, counter in counts.items()}
+    return [modal[_answer_pool(t)][0] if modal[_answer_pool(t)][1] > 1 else "" for t in tasks]
+
+
+def _answer_pool(task: Task) -> str:
+    relation = task.meta.get("relation", "?")
+    return f"add/{task.difficulty}" if relation == "add" else relation
 
 
 def accuracy_table(tasks: list[Task], greedy: list[str], sampled: list[list[str]]) -> dict[str, dict[str, float]]:

@@ -25,13 +25,15 @@ def _table(summary: dict[str, Any], split: str) -> list[str]:
         for key in summary["tiers"][tier]["accuracy"][split]:
             if key not in groups:
                 groups.append(key)
-    head = "| group | n | " + " | ".join(f"{t} greedy | {t} sampled" for t in tiers) + " |"
-    rows = [head, "|" + "---|" * (2 + 2 * len(tiers))]
+    head = "| group | n | majority | " + " | ".join(f"{t} greedy | {t} sampled" for t in tiers) + " |"
+    rows = [head, "|" + "---|" * (3 + 2 * len(tiers))]
+    majority = summary.get("majority_baseline", {}).get(split, {})
     for group in sorted(groups, key=lambda g: (g != "all", "/" in g, g)):
         cells = [summary["tiers"][t]["accuracy"][split].get(group) for t in tiers]
         n = next((c["n"] for c in cells if c), 0)
         values = " | ".join(f"{c['greedy']:.2f} | {c['sampled']:.2f}" if c else "- | -" for c in cells)
-        rows.append(f"| {'**all**' if group == 'all' else group} | {n} | {values} |")
+        base = f"{majority[group]['greedy']:.2f}" if group in majority else "-"
+        rows.append(f"| {'**all**' if group == 'all' else group} | {n} | {base} | {values} |")
     return rows
 
 
@@ -46,6 +48,8 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{t['seconds']} | {t['tokens_per_second']:,.0f} | {tier['flops_per_token']:,} | {tier['cost']} |")
     lines += ["", "Cost: proportional to compute per token (2 FLOPs per matrix weight a token passes), "
               "the strongest tier at 0.9.", "",
+              "Majority: the trivial baseline that always gives the most common answer of the relation "
+              "(or of the digit count, for additions).", "",
               f"## In-domain (self-awareness queries, all splits; sampled: mean of {summary['samples']} samples "
               f"at temperature {summary['temperature']})", "", *_table(summary, "in_domain"), "",
               "## Out-of-domain (two-hop family, held-out phrasings; never in the self-awareness splits)", "",

@@ -28,7 +28,7 @@ from disrouter.node.prompts import DEMONSTRATIONS, REJECT_PHRASE, scenario_instr
 from ..progress import progress_bar
 from ..tasks import Task, load_tasks, write_tasks
 from .config import FamilyConfig
-from .evaluate import accuracy_table, generate
+from .evaluate import accuracy_table, generate, majority_answers
 from .model import TierSpec, flops_per_token, tier_costs
 from .questions import QA, corpus_examples, ood_tasks, sa_tasks, sum_key
 from .report import write_report
@@ -263,16 +263,17 @@ def run_family(config: FamilyConfig, progress: bool = True) -> dict[str, Any]:
     train_all(config, corpus, tokenizer, progress)
     splits = {"in_domain": load_tasks(config.out / "data" / "sa.jsonl"), "ood": load_tasks(config.out / "data" / "ood.jsonl")}
     costs = tier_costs(config.tiers, len(tokenizer))
+    baseline = {split: accuracy_table(tasks, majority_answers(tasks), []) for split, tasks in splits.items()}
     tiers = {}
     for spec in config.tiers:
         folder = config.out / "tiers" / spec.name
         info = json.loads((folder / TIER_FILE).read_text())
         tiers[spec.name] = {"params": info["params"], "layers": spec.layers, "hidden": spec.hidden, "flops_per_token": info["flops_per_token"],
                             "cost": costs[spec.name], "training": info["training"], **evaluate_tier(config, folder, splits, progress)}
-    summary = {"command": " ".join(["disrouter train family", *sys.argv[3:]]) if sys.argv[1:2] == ["train"] else f"disrouter train family --config {config.path}",
+    summary = {"command": _command(config),
                "samples": config.samples, "temperature": config.temperature, "exposure_buckets": list(EXPOSURE_BUCKETS),
                "corpus_examples": len(corpus), "world": config.world, "seconds_total_this_run": round(time.perf_counter() - started, 1),
-               "disagreement": _disagreement(tiers), "tiers": tiers}
+               "disagreement": _disagreement(tiers), "majority_baseline": baseline, "tiers": tiers}
     write_report(config.out, summary)
     (config.out / "topology.yaml").write_text(topology_text(config, costs))
     if config.commit_to is not None:
@@ -280,14 +281,21 @@ def run_family(config: FamilyConfig, progress: bool = True) -> dict[str, Any]:
     return summary
 
 
+def _command(config: FamilyConfig) -> str:
+    """The command line that ran (without --no-progress), or the canonical one outside the CLI."""
+    if sys.argv[1:3] == ["train", "family"]:
+        return " ".join(["disrouter train family", *(arg for arg in sys.argv[3:] if arg != "--no-progress")])
+    return f"disrouter train family --config {config.path}"
+
+
 def commit(config: FamilyConfig, summary: dict[str, Any]) -> None:
     """Copy the tiers (weights, config, tokenizer), the report, the topology and the self-awareness and
     OOD task files into ``commit_to``, with checksums."""
     target = config.commit_to
     assert target is not None
-    shutil.rmtree(target, ignore_errors=True)
-    for spec in config.tiers:
-        shutil.copytree(config.out / "tiers" / spec.name, target / spec.name)
+    for spec in config.tiers:  # other files already there (notes) stay
+        shutil.rmtree(target / spec.name, ignore_errors=True)
+        shutil.copytree(config.out / "tiers" / spec.name, target / spec.name, ignore=shutil.ignore_patterns(".*"))
     for name in ("report.md", "report.json", "accuracy.png", "topology.yaml"):
         if (config.out / name).exists():
             shutil.copy2(config.out / name, target / name)
