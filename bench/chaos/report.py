@@ -111,11 +111,12 @@ def _timeline(path: Path, figures: dict, records: list[Record]) -> None:
         if row["skipped"] or row["started"] is None:
             continue
         ax.axvspan(row["started"], max(row["ended"] or row["started"], row["started"] + 0.5), alpha=0.2, color=colors[row["kind"]])
-    for kind, color in colors.items():
-        ax.axvspan(0, 0, color=color, alpha=0.2, label=kind)
+    from matplotlib.patches import Patch
+
+    handles = ax.get_legend_handles_labels()[0] + [Patch(color=color, alpha=0.2, label=kind) for kind, color in colors.items()]
     ax.set_xlabel("seconds")
     ax.set_ylabel("queries")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=6)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
