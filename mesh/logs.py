@@ -11,6 +11,23 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
+class StderrLogger:
+    """Prints each line to whatever ``sys.stderr`` is when it logs, not when it was made.
+
+    structlog's PrintLogger keeps the file it was given; a process that swaps stderr (pytest's
+    capture, a daemon redirecting its streams) would leave it writing to a closed file.
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
+
+
+def _stderr_logger(*_args: object) -> StderrLogger:
+    return StderrLogger()
+
+
 def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
     """Log to stderr as JSON lines (default) or for people; contextvars (node_id, query_id) included."""
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -23,7 +40,7 @@ def configure_logging(fmt: LogFormat = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the standard library (transformers, nats) stay quiet below warnings.
