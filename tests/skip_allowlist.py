@@ -1,11 +1,12 @@
-"""Pytest plugin: with ``--strict-skips`` (CI), a skip not listed in allowed_skips.yaml fails the run.
+"""Pytest plugin: with ``--strict-skips`` or ``CI=true`` (as .ci/run sets), a skip not listed in allowed_skips.yaml fails the run.
 
-Without the option, unlisted skips are only listed at the end of the run.
+Without either, unlisted skips are only listed at the end of the run.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,5 +87,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    check = SkipCheck(config.getoption("--strict-skips"), config.getoption("--skip-allow-list"))
+    strict = config.getoption("--strict-skips") or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    check = SkipCheck(strict, config.getoption("--skip-allow-list"))
     config.pluginmanager.register(check, "skip-allowlist-check")

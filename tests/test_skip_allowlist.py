@@ -27,9 +27,11 @@ def test_on_tuesdays():
 '''
 
 
-def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """A separate pytest run with only the skip plugin loaded (not this suite's conftest)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+def _pytest(folder: Path, *args: str, ci: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A separate pytest run with only the skip plugin loaded (not this suite's conftest);
+    ``CI`` in its environment is ``ci`` (unset by default), whatever this run has."""
+    inherited = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": ci} if ci is not None else {})
+    env = {**inherited, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "skip_allowlist", "-p", "no:cacheprovider", "-q", "--rootdir", str(folder), str(folder), *args],
         capture_output=True, text=True, env=env, cwd=folder, timeout=120,
@@ -56,6 +58,13 @@ def test_an_unlisted_skip_fails_a_strict_run_and_names_the_test(sample: Path) ->
     assert result.returncode == 1, result.stdout
     assert "test_sample.py::test_needs_a_unicorn: no unicorn here" in result.stdout
     assert "test_on_tuesdays" not in result.stdout.split("skips that fail the run")[1]
+
+
+def test_ci_true_makes_a_run_strict_without_the_option(sample: Path) -> None:
+    listed = _allow(sample, '- reason: "only on a tuesday"\n  why: calendar\n')
+
+    assert _pytest(sample, "--skip-allow-list", listed).returncode == 0
+    assert _pytest(sample, "--skip-allow-list", listed, ci="true").returncode == 1
 
 
 def test_a_run_whose_skips_are_all_listed_passes(sample: Path) -> None:
