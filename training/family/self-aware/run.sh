@@ -15,11 +15,13 @@ for tier in "${@:-s m}"; do
     step "$t probe" python $HERE/train.py probe --config "$cfg"
     step "$t sft" python $HERE/train.py sft --config "$cfg"
     python $HERE/to_fp16.py "$out/sft/model"
+    rm -rf "$out/model"; [ -d "$out/rl" ] && mv "$out/rl" "$out/rl.hold"  # eval takes rl/model when there is one
     step "$t eval(sft)" python $HERE/train.py eval --config "$cfg"
     rm -rf "$dest/sft" "$dest/report-sft"; mkdir -p "$dest/report-sft"
     cp -r "$out/model" "$dest/sft"; cp "$out"/report.* "$out"/*.png "$dest/report-sft/"
+    [ -d "$out/rl.hold" ] && mv "$out/rl.hold" "$out/rl"  # the RL stage resumes it when its settings match
     step "$t rl" python $HERE/train.py rl --config "$cfg"
-    python $HERE/to_fp16.py "$out/rl/model"
+    python $HERE/to_fp16.py "$out/rl/model"; rm -rf "$out/model"
     step "$t eval(sftrl)" python $HERE/train.py eval --config "$cfg"
     rm -rf "$dest/sftrl" "$dest/report-sftrl"; mkdir -p "$dest/report-sftrl"
     cp -r "$out/model" "$dest/sftrl"; cp "$out"/report.* "$out"/*.png "$dest/report-sftrl/"
