@@ -20,7 +20,7 @@ import msgpack
 import pytest
 from conftest import REGISTRY_TTL_S, REPLIES, Mesh, wait_for
 from rich.console import Console
-from wire_count import WireCount
+from disrouter.bench.wire import WireCount
 
 from disrouter.local.processes import start_node, stop_nodes, wait_until_registered
 from disrouter.mesh.client import MeshClient, MeshError

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 from instant_nodes import InstantMesh, start_cli_node, stop_process
-from wire_count import WireCount
+from disrouter.bench.wire import WireCount
 
 from disrouter.local.nats_server import NatsCluster, NatsServer
 from disrouter.mesh.connection import connect

@@ -4,16 +4,15 @@ streamed and plain and the three scenarios; every reply counted on the wire as i
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import time
-from dataclasses import dataclass, field
-
-import msgpack
+from dataclasses import dataclass
 
 from disrouter.mesh.client import MeshClient, MeshError
 from disrouter.mesh.objective import SCENARIOS
 from disrouter.mesh.protocol import Answer
+
+from ..wire import WireCount
 
 CLIENTS = 3
 QUERY_TIMEOUT_S = 20.0
@@ -34,41 +33,12 @@ class Record:
         return (self.done - self.sent) * 1000
 
 
-@dataclass
-class Wire:
-    """Final messages (Answer or Error) per reply subject and Answers per query id, as they reached the clients."""
-
-    finals: collections.Counter = field(default_factory=collections.Counter)
-    answers: collections.Counter = field(default_factory=collections.Counter)
-
-    def record(self, subject: str, data: bytes) -> None:
-        try:
-            reply = msgpack.unpackb(data)
-        except Exception:
-            return
-        if not isinstance(reply, dict) or "progress" in reply:
-            return
-        if "path" in reply and "text" in reply and "error" not in reply:
-            self.answers[reply["id"]] += 1
-        elif "error" not in reply:
-            return  # a streamed chunk
-        self.finals[subject] += 1
-
-    @property
-    def duplicated_per_send(self) -> int:
-        return sum(n - 1 for n in self.finals.values())
-
-    @property
-    def answered_again(self) -> int:
-        return sum(n - 1 for n in self.answers.values())
-
-
 class Load:
     def __init__(self, urls: str, prefix: str, rate: float, seed: int) -> None:
         self.urls, self.prefix, self.rate = urls, prefix, rate
         self.rng = random.Random(seed)
         self.records: list[Record] = []
-        self.wire = Wire()
+        self.wire = WireCount()
         self.clients: list[MeshClient] = []
         self.t0 = time.monotonic()
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from .faults import Fault
-from .load import Record, Wire
+from ..wire import WireCount
+from .load import Record
 
 RETRYABLE = {"overloaded", "unavailable", "timeout", "deadline_exceeded", "interrupted"}  # README: safe to ask again
 RECOVERED_RUN = 5  # consecutive answered queries that mark a recovery
@@ -35,7 +36,7 @@ def _recovery_s(fault: Fault, records: list[Record], normal_ms: float) -> float 
     return None
 
 
-def summarize(records: list[Record], faults: list[Fault], wire: Wire, meta: dict) -> dict:
+def summarize(records: list[Record], faults: list[Fault], wire: WireCount, meta: dict) -> dict:
     answered = [r for r in records if r.outcome == "answered"]
     errors = collections.Counter(r.outcome for r in records if r.outcome != "answered")
     windows = _windows(faults)
