@@ -26,15 +26,18 @@ async def retrying(step: Callable[[], Awaitable[T]], timeout: float) -> T:
     """``step()``, tried again after jittered backoff on transient failures until ``timeout`` seconds passed."""
     end = time.monotonic() + timeout
     wait = 0.2
+    refused: MeshConnectionError | None = None  # the clearest reason seen: it names the server
     while True:
         try:
             return await asyncio.wait_for(step(), max(end - time.monotonic(), 0.1))
         except Exception as exc:
             if not transient(exc):
                 raise
+            if isinstance(exc, MeshConnectionError):
+                refused = exc
             if time.monotonic() + wait >= end:
-                if isinstance(exc, MeshConnectionError):
-                    raise
-                raise MeshConnectionError(f"NATS did not answer within {timeout:g}s: {exc or type(exc).__name__}") from None
+                if refused is not None:
+                    raise refused from None
+                raise MeshConnectionError(f"NATS did not answer within {timeout:g}s ({str(exc) or type(exc).__name__})") from None
         await asyncio.sleep(wait * random.uniform(0.5, 1.5))
         wait = min(wait * 2, 2.0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 from instant_nodes import InstantMesh, start_cli_node, stop_process
-from wire_count import WireCount
+from disrouter.bench.wire import WireCount
 
 from disrouter.cli.retrying import retrying
 from disrouter.local.nats_server import NatsCluster, NatsServer, free_port
@@ -166,7 +166,7 @@ async def test_status_rides_out_a_jetstream_leader_election() -> None:
         prefix = f"r{uuid.uuid4().hex[:8]}"
         proc = await start_cli_node(cluster.urls, prefix, "small", 0.1, "n1", "--entry", "--policy", "always")
         try:
-            await registered(cluster.urls, prefix, {"n1"})
+            await registered(cluster.urls, prefix, {"n1"}, within=60)  # a new 3-server cluster elects its leaders first
             client = await MeshClient.connect(cluster.urls, prefix)
             stream = "KV_" + Subjects(prefix).registry_bucket
             info = await retrying(lambda: client.nc.jetstream().stream_info(stream), 30)
