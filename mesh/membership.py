@@ -52,6 +52,19 @@ class NodeCard(BaseModel):
     heartbeat_at: float = Field(default_factory=time.time)
 
 
+async def retry_while_unavailable(step: Callable[[], Any]) -> Any:
+    """``step()``, retried for up to START_RETRY_S while JetStream times out or has no leader yet."""
+    deadline = time.monotonic() + START_RETRY_S
+    while True:
+        try:
+            return await step()
+        except (NatsTimeoutError, ServiceUnavailableError, NoStreamResponseError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("registry_unavailable_retrying", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(0.5)
+
+
 async def open_registry(nc: NATS, subjects: Subjects, ttl: float = DEFAULT_REGISTRY_TTL_S) -> KeyValue:
     """Open the mesh's registry bucket, creating it with the given TTL if it does not exist."""
     js = nc.jetstream()
@@ -78,6 +91,8 @@ async def _create_registry(nc: NATS, bucket: str, ttl: float) -> KeyValue:
         )
         try:
             return await js.create_key_value(config)
+        except ServiceUnavailableError:
+            raise  # no JetStream leader yet (a new cluster): the caller retries; 1 replica would lose redundancy
         except APIError:
             if replicas > 1:
                 continue  # e.g. fewer than 3 JetStream servers in the cluster
@@ -159,25 +174,12 @@ class Membership:
 
     async def start(self, card: NodeCard | None = None) -> None:
         """Watch the registry; if a card is given, register it and keep it alive."""
-        await self._retrying(self._start_watching)
+        await retry_while_unavailable(self._start_watching)
         await asyncio.wait_for(self.synced.wait(), timeout=10)
         if card is not None:
             self.card = card
-            await self._retrying(self.publish)
+            await retry_while_unavailable(self.publish)
             self._tasks.append(asyncio.create_task(self._heartbeat(), name="registry-heartbeat"))
-
-    @staticmethod
-    async def _retrying(step: Callable[[], Any]) -> None:
-        """Run ``step``, retrying for up to START_RETRY_S while JetStream times out or is unavailable."""
-        deadline = time.monotonic() + START_RETRY_S
-        while True:
-            try:
-                return await step()
-            except (NatsTimeoutError, ServiceUnavailableError, NoStreamResponseError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("registry_unavailable_retrying", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(0.5)
 
     async def publish(self) -> None:
         if self.card is None:

@@ -38,7 +38,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from disrouter.mesh import tracing
 from disrouter.mesh.connection import MeshPermissionError
-from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl
+from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl, retry_while_unavailable
 from disrouter.mesh.protocol import (
     HANDOFF_ACCEPTED,
     HANDOFF_REFUSED,
@@ -154,7 +154,7 @@ class Node:
 
     async def start(self) -> None:
         """Register in the mesh and start serving."""
-        kv = await open_registry(self.nc, self.subjects, ttl=self.settings.registry_ttl_s)
+        kv = await retry_while_unavailable(lambda: open_registry(self.nc, self.subjects, ttl=self.settings.registry_ttl_s))
         self.membership = Membership(kv, ttl=await registry_ttl(kv, self.settings.registry_ttl_s))
         await self.membership.start(self.card)
         self._registered = True
