@@ -23,9 +23,8 @@ from typing import Any, Literal
 import structlog
 
 from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
-from disrouter.mesh.yamlfile import read_yaml_mapping
 
-from .config import TrainingConfigError
+from .config import TrainingConfigError, read_settings_file
 from .probe import ProbeConfig, load_records, run_probe
 from .splits import DEFAULT_FRACTIONS, select
 from .synthetic import write_synthetic
@@ -63,10 +62,7 @@ class TrainConfig:
     def load(cls, path: str | Path, out: str | Path | None = None) -> TrainConfig:
         """Read a YAML config; errors name the file and the key."""
         path = Path(path)
-        data = read_yaml_mapping(path, "config file", TrainingConfigError, "expected a mapping of settings")
-        unknown = sorted(set(data) - _TOP_LEVEL)
-        if unknown:
-            raise TrainingConfigError(f"{path}: unknown keys {unknown}; known: {', '.join(sorted(_TOP_LEVEL))}")
+        data = read_settings_file(path, _TOP_LEVEL)
         for key in ("model", "tasks"):
             if key not in data:
                 raise TrainingConfigError(f"{path}: missing {key}")

@@ -8,9 +8,8 @@ from typing import Any
 
 import structlog
 
-from disrouter.mesh.yamlfile import read_yaml_mapping
 
-from ..config import TrainingConfigError
+from ..config import TrainingConfigError, read_settings_file
 from .model import TierSpec
 
 VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
@@ -50,10 +49,7 @@ class FamilyConfig:
     def load(cls, path: str | Path, out: str | Path | None = None) -> FamilyConfig:
         """Read ``path``; every error names the file and the key."""
         path = Path(path)
-        data = read_yaml_mapping(path, "config file", TrainingConfigError, "expected a mapping of settings")
-        unknown = sorted(set(data) - _KEYS)
-        if unknown:
-            raise TrainingConfigError(f"{path}: unknown keys {unknown}; known: {', '.join(sorted(_KEYS))}")
+        data = read_settings_file(path, _KEYS)
         if out is None and "out" not in data:
             raise TrainingConfigError(f"{path}: no output folder: give --out or set out")
         tiers = [_tier(path, i, raw) for i, raw in enumerate(data.get("tiers") or [])]
