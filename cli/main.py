@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_nats_options(ask)
     ask.add_argument("--prefix", default=DEFAULT_PREFIX)
     ask.add_argument("--scenario", type=_scenario, default="balance", help=f"{' | '.join(SCENARIOS)}, or an alpha in [0, 1]")
-    ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    ask.add_argument("--timeout", type=_positive, default=60.0, help="seconds to wait for the answer, connecting included")
+    ask.add_argument("--connect-timeout", type=_positive, default=10.0, metavar="S", help="seconds to keep trying to reach NATS, e.g. through a restart (default 10)")
     ask.add_argument("--max-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="print the whole Answer as one JSON object")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is generated")
@@ -159,7 +160,7 @@ async def run_status(args: argparse.Namespace) -> int:
 async def run_ask(args: argparse.Namespace) -> int:
     end = time.monotonic() + args.timeout  # connecting and asking share the one timeout
     connecting = lambda: MeshClient.connect(args.nats, args.prefix, auth=nats_auth(args))  # noqa: E731
-    client = await retrying(connecting, args.timeout)
+    client = await retrying(connecting, min(args.connect_timeout, args.timeout))
     options = {"scenario": args.scenario, "timeout": max(end - time.monotonic(), 0.1), "max_tokens": args.max_tokens, "retries": 3}
     async with client:
         if args.stream:
