@@ -26,8 +26,7 @@ async def serve(settings: GatewaySettings, nats: str | list[str] | None = None, 
     nc = await connect(nats, name="disrouter-gateway", auth=auth)
     models = LiveModels(nc, subjects)
     models.start()
-    client = MeshClient(nc, settings.prefix)
-    client.retry_overloaded = False  # 429 at once: OpenAI clients back off and retry by themselves
+    client = MeshClient(nc, settings.prefix, retry_overloaded=False)  # 429 at once: OpenAI clients back off and retry by themselves
     app = create_app(client, models, api_keys=keys, timeout_s=settings.timeout_s)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.timeout_s)
     try:

@@ -56,30 +56,37 @@ DENIAL_POLL_S = 0.5  # how often a waiting client looks for a permission denial 
 class MeshClient:
     """Sends queries to ``<prefix>.ingress`` over an open NATS connection."""
 
-    def __init__(self, nc: NATS, prefix: str = DEFAULT_PREFIX, *, owns_connection: bool = False) -> None:
+    def __init__(self, nc: NATS, prefix: str = DEFAULT_PREFIX, *, owns_connection: bool = False, retry_overloaded: bool = True) -> None:
+        """``retry_overloaded=False`` raises `overloaded` at once (an HTTP gateway answers 429 and its client backs off)."""
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.target = self.subjects.ingress  # where queries go: the ingress, or one tier's subject (to_tier)
         self._owns_connection = owns_connection
         self.resends = 0  # queries sent again because their holder went silent (for tests and metrics)
         self.overload_retries = 0  # `overloaded` replies retried after a backoff, all calls together
-        self.retry_overloaded = True  # False: raise `overloaded` at once (an HTTP gateway answers 429 and its client backs off)
+        self.retry_overloaded = retry_overloaded
 
     @classmethod
     async def connect(
-        cls, urls: str | list[str] | None = None, prefix: str = DEFAULT_PREFIX, *, auth: NatsAuth | None = None, **options: Any
+        cls,
+        urls: str | list[str] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        auth: NatsAuth | None = None,
+        retry_overloaded: bool = True,
+        **options: Any,
     ) -> "MeshClient":
         """Connect to NATS (``$DISROUTER_NATS``, ``DISROUTER_NATS_*`` credentials by default).
 
         Raises MeshConnectionError (MeshAuthError for refused credentials or TLS); ``options`` go to nats-py.
         """
-        return cls(await connect(urls, name="disrouter-client", auth=auth, **options), prefix, owns_connection=True)
+        nc = await connect(urls, name="disrouter-client", auth=auth, **options)
+        return cls(nc, prefix, owns_connection=True, retry_overloaded=retry_overloaded)
 
     def to_tier(self, model_key: str) -> "MeshClient":
         """A client on the same connection that sends to one tier's subject (any of its replicas takes it)."""
-        tier = MeshClient(self.nc, self.subjects.prefix)
+        tier = MeshClient(self.nc, self.subjects.prefix, retry_overloaded=self.retry_overloaded)
         tier.target = self.subjects.model(model_key)
-        tier.retry_overloaded = self.retry_overloaded
         return tier
 
     async def __aenter__(self) -> "MeshClient":

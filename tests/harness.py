@@ -84,8 +84,9 @@ class NodeHarness:
         await node.nc.close()
         self.nodes.remove(node)
 
-    async def client(self, **nats_options) -> MeshClient:
-        client = await MeshClient.connect(self.url, self.prefix, **nats_options)
+    async def client(self, **options) -> MeshClient:
+        """A client of this mesh; ``options`` go to ``MeshClient.connect``."""
+        client = await MeshClient.connect(self.url, self.prefix, **options)
         self.clients.append(client)
         return client
 

@@ -194,8 +194,7 @@ async def test_a_full_node_hands_off_or_says_overloaded_never_drops(mesh: Mesh) 
     small = await add_instant(mesh, "small", 0.1, entry=True, backend=SlowBackend(1.0), max_in_flight=2)
     large = await add_instant(mesh, "large", 0.9, backend=SlowBackend(1.0), max_in_flight=4)
     await mesh.all_see({small.card.node_id, large.card.node_id})
-    client = await mesh.client()
-    client.retry_overloaded = False  # under test: what the mesh answers, not the client's retries of it
+    client = await mesh.client(retry_overloaded=False)  # under test: what the mesh answers, not the client's retries of it
 
     results = await asyncio.gather(*(client.ask(f"q{i}", timeout=20, retries=0) for i in range(10)), return_exceptions=True)
 
@@ -213,8 +212,7 @@ async def test_a_full_node_passes_a_request_to_a_live_replica(mesh: Mesh) -> Non
     first = await add_instant(mesh, "small", 0.1, entry=True, backend=SlowBackend(0.5), max_in_flight=1)
     second = await add_instant(mesh, "small", 0.1, backend=SlowBackend(0.5), max_in_flight=1)  # a replica, not an entry
     await mesh.all_see({first.card.node_id, second.card.node_id})
-    client = await mesh.client()
-    client.retry_overloaded = False  # under test: what the mesh answers, not the client's retries of it
+    client = await mesh.client(retry_overloaded=False)  # under test: what the mesh answers, not the client's retries of it
 
     results = await asyncio.gather(*(client.ask(f"q{i}", timeout=20, retries=0) for i in range(3)), return_exceptions=True)
 
