@@ -96,20 +96,29 @@ def render(results: dict[str, Any], json_path: str = "bench/results/perf.json") 
     return "\n".join(lines)
 
 
+def between(readme: str, begin: str, end: str) -> str:
+    """The generated text between two marker lines (ValueError when they are missing)."""
+    if begin not in readme or end not in readme:
+        raise ValueError(f"the README has no generated section (marker line {begin!r} or {end!r} missing)")
+    return readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def replace_between(path: Path, begin: str, end: str, body: str) -> None:
+    """Rewrite the text between two marker lines of the file at ``path`` with ``body``."""
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no line {begin!r} (or no {end!r} after it)")
+    before, rest = text.split(begin, 1)
+    path.write_text(f"{before}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}")
+
+
 def section(readme: str) -> str:
-    """The generated text now in ``readme`` (ValueError when the markers are missing)."""
-    if BEGIN not in readme or END not in readme:
-        raise ValueError("the README has no generated performance table (marker lines missing)")
-    return readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    """The generated performance table now in ``readme``."""
+    return between(readme, BEGIN, END)
 
 
 def update_readme(path: Path, results: dict[str, Any], json_path: str | None = None) -> None:
-    text = path.read_text()
-    before, rest = text.split(BEGIN, 1) if BEGIN in text else (None, None)
-    if before is None:
-        raise ValueError(f"{path} has no line {BEGIN!r}")
-    after = rest.split(END, 1)[1]
-    path.write_text(f"{before}{BEGIN}\n{render(results, json_path or 'bench/results/perf.json')}\n{END}{after}")
+    replace_between(path, BEGIN, END, render(results, json_path or "bench/results/perf.json"))
 
 
 if __name__ == "__main__":

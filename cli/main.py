@@ -100,16 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     quality = benchmarks.add_parser("quality", help="routing quality through the live mesh against oracle and centralized routers")
     quality.add_argument("--preset", default="smoke", help="smoke (minutes, CI), full, or a preset YAML file (default smoke)")
     quality.add_argument("--out", default=None, help="results folder (default: ./bench-quality-<preset>)")
+    quality.add_argument("--readme", metavar="FILE", help="also regenerate the routing-quality block (headline and table) in FILE (the README)")
+    quality.add_argument("--report-only", action="store_true", help="run nothing: recompute the headline and rewrite results.json, results.md (and --readme) from the results in --out")
     add_log_options(quality, default_format="console")
     chaos = benchmarks.add_parser("chaos", help="soak: node and NATS server kills, pauses, drains under open-loop load")
     chaos.add_argument("--minutes", type=_positive, default=10.0, help="length of the load (default 10; CI runs 2)")
     chaos.add_argument("--out", default=None, help="results folder (default: ./bench-chaos)")
     chaos.add_argument("--seed", type=int, default=13, help="seed of the fault schedule and the load mix")
     chaos.add_argument("--rate", type=_positive, default=4.0, help="queries a second, all clients together (default 4)")
+    chaos.add_argument("--partition", choices=("auto", "on", "off"), default="auto",
+                       help="cut a NATS server off with network namespaces: auto (where root and `ip` allow it), on (fail if not), off")
     add_log_options(chaos, default_format="console")
 
     train = commands.add_parser("train", help="teach a model when to say \"I don't know!\" (needs the train extra)")
-    train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all", "family"], help="one stage, or all in order (each resumes); family: pretrain the model family")
+    train.add_argument("stage", choices=["probe", "sft", "rl", "eval", "all", "family", "mesh"], help="one stage, or all in order (each resumes); family: pretrain the model family; mesh: choose the tiers' probe thresholds by the mesh's utility")
     train.add_argument("--config", required=True, help="run config YAML, e.g. training/configs/smoke.yaml")
     train.add_argument("--out", default=None, help="output folder (default: the config's out)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -212,12 +216,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "bench" and args.benchmark == "quality":
         from disrouter.bench.quality.run import main as run_quality
 
-        return run_quality(args.preset, args.out)
+        return run_quality(args.preset, args.out, readme_file=args.readme, report_only=args.report_only)
     if args.command == "bench" and args.benchmark == "chaos":
         from disrouter.bench.chaos.run import main as run_chaos
 
         command = " ".join(["disrouter", *(argv if argv is not None else sys.argv[1:])])
-        return run_chaos(args.minutes, args.out, command, seed=args.seed, rate=args.rate)
+        return run_chaos(args.minutes, args.out, command, seed=args.seed, rate=args.rate, partition=args.partition)
     if args.command == "bench":
         from disrouter.bench.perf import main as run_perf
 

@@ -68,6 +68,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "utility = accuracy - alpha * cost (cost: the answering tier's, as in the paper); "
         "full utility charges the compute of rejecting hops and cascade steps too.", "",
     ]
+    if payload.get("headline"):
+        lines += ["## Headline", "", "Cost saving against Largest-only at the measured alpha where a method keeps at least "
+                  f"{payload['headline']['keep']:.0%} of Largest-only's accuracy (in-domain, all tiers):", "", f"**{payload['headline']['line']}**", ""]
     for split, pool in _groups(rows):
         group = [r for r in rows if r["split"] == split and r["pool"] == pool]
         lines += [f"## {split}, pool `{pool}`", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -15,9 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from disrouter.local.nats_server import NatsServer
 from disrouter.training.tasks import Task
 
-from . import baselines, cascade, centralized, report
+from . import baselines, cascade, centralized, readme, report
 from .embed import Embedder
 from .family import ensure_family
+from .headline import headline
 from .join import runtime_join
 from .labels import Labels, tier_labels
 from .live import LiveMesh, outcome, write_topology
@@ -183,6 +185,7 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
         "rows": rows,
         "runtime_join": joined,
         "details": details,
+        "headline": headline(rows),
     }
     report.write_json(out, payload)
     payload["plots"] = report.plots(out, rows, frontiers)
@@ -191,15 +194,32 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
     return payload
 
 
-def main(preset_name: str, out: str | None = None) -> int:
-    """The CLI entry: run, then print the in-domain utility table; bad presets or task files fail in one line."""
+def rewrite_report(out: Path) -> dict[str, Any]:
+    """Recompute the headline of ``out/results.json`` and rewrite it and results.md, without running anything."""
+    try:
+        payload = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--report-only needs the results of a run in {out}: {exc}") from None
+    payload["headline"] = headline(payload["rows"])
+    report.write_json(out, payload)
+    (out / "results.md").write_text(report.markdown(payload))
+    return {**payload, "out": str(out)}
+
+
+def main(preset_name: str, out: str | None = None, readme_file: str | None = None, report_only: bool = False) -> int:
+    """The CLI entry: run (or, with ``report_only``, reread the results), print the in-domain utility table
+    and the headline, rewrite the README's quality block; bad presets or task files fail in one line."""
     from rich.table import Table
 
     from disrouter.training.tasks import TaskFileError
 
     console = Console()
+    folder = Path(out) if out else None
     try:
-        payload = run(preset_name, Path(out) if out else None, console)
+        if report_only:
+            payload = rewrite_report(folder or Path(f"bench-quality-{preset_name}"))
+        else:
+            payload = run(preset_name, folder, console)
     except TaskFileError as exc:
         raise ValueError(str(exc).splitlines()[0] + " (" + exc.problems[0][1] + ")") from None
     rows = [r for r in payload["rows"] if r["split"] == "in_domain" and r["pool"] == "all"]
@@ -212,5 +232,17 @@ def main(preset_name: str, out: str | None = None) -> int:
         cells = {r["alpha"]: r for r in rows if r["method"] == method}
         table.add_row(method, *(f"{cells[a]['utility']:.3f}" if a in cells and cells[a]["status"] == "ok" else "-" for a in alphas))
     console.print(table)
+    console.print(payload["headline"]["line"])
+    if readme_file:
+        readme.update_readme(Path(readme_file), payload, _relative(Path(payload["out"]) / "results.json"))
+        console.print(f"README quality block rewritten: {readme_file}")
     console.print(f"results in {payload['out']}")
     return 0
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (the README names it so)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
