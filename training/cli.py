@@ -19,6 +19,8 @@ def main(stage: str, config_path: str, out: str | None, progress: bool = True) -
         from .family.cli import main as train_family
 
         return train_family(config_path, out, progress)
+    if stage == "mesh":
+        return _mesh(config_path, progress)
     try:
         config = TrainConfig.load(config_path, out)
         Pipeline(config, progress=progress).run(stage)  # type: ignore[arg-type]
@@ -28,4 +30,16 @@ def main(stage: str, config_path: str, out: str | None, progress: bool = True) -
         return fail(PROG, f"{exc.name} is missing: the training stages need pip install 'disrouter[train]'")
     if stage in ("eval", "all"):
         print(f"report: {config.out / 'report.md'}; model for disrouter-node: {config.out / 'model'}")
+    return 0
+
+
+def _mesh(config_path: str, progress: bool) -> int:
+    """`disrouter train mesh`: mesh-utility calibration of the tiers a mesh config lists."""
+    from .mesh_run import run_mesh_calibration
+
+    try:
+        report = run_mesh_calibration(config_path, progress)
+    except (TrainingConfigError, TaskFileError, ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+        return fail(PROG, exc)
+    print(f"mesh calibration: {report}")
     return 0
