@@ -67,8 +67,10 @@ class NatsServer:
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: list[str] | None = None,
+        netns: str | None = None,
     ) -> None:
         self.host = host
+        self.netns = netns  # run inside this network namespace (`ip netns exec`); the chaos bench's partition
         self.config = config
         self.env = env
         self.port = port or free_port(host)
@@ -106,8 +108,11 @@ class NatsServer:
         return extra
 
     def start(self, timeout: float = 15.0) -> "NatsServer":
-        ensure_port_free(self.host, self.port)
         command = server_command(self.host, self.port, self.store_dir, self._extra_args())
+        if self.netns:  # a fresh namespace of its own: its ports are free
+            command = ["ip", "netns", "exec", self.netns, *command]
+        else:
+            ensure_port_free(self.host, self.port)
         env = {**os.environ, **self.env} if self.env else None
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         ready = threading.Event()

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field
 from .mesh import ChaosMesh
 
 # kind -> (period s, first at s, duration s): SIGKILL + restart, SIGSTOP + SIGCONT, NATS server
-# SIGKILL + restart, SIGTERM drain + replacement
-PLAN = {"kill_node": (20.0, 8.0, 3.0), "pause_node": (40.0, 15.0, 10.0), "kill_nats": (60.0, 30.0, 5.0), "drain_node": (50.0, 42.0, 0.0)}
+# SIGKILL + restart, SIGTERM drain + replacement, one NATS server cut off from the other two (network
+# namespaces; only where the machine allows it)
+PLAN = {"kill_node": (20.0, 8.0, 3.0), "pause_node": (40.0, 15.0, 10.0), "kill_nats": (60.0, 30.0, 5.0), "drain_node": (50.0, 42.0, 0.0),
+        "partition": (120.0, 65.0, 15.0)}
 TAIL_S = 10.0  # no fault starts this close to the end: the last one is seen to recover
 
 
@@ -30,11 +32,13 @@ class Fault:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def schedule(seconds: float, seed: int) -> list[Fault]:
-    """Every kind at its period with +-15% seeded jitter, sorted by time."""
+def schedule(seconds: float, seed: int, partition: bool = True) -> list[Fault]:
+    """Every kind at its period with +-15% seeded jitter, sorted by time; ``partition`` False leaves partitions out."""
     rng = random.Random(seed)
     faults = []
     for kind, (period, first, duration) in PLAN.items():
+        if kind == "partition" and not partition:
+            continue
         t = first
         while t + duration < seconds - TAIL_S:
             faults.append(Fault(at=round(t + rng.uniform(-0.15, 0.15) * period * (t > first), 2), kind=kind, duration=duration))
@@ -72,14 +76,8 @@ class FaultRunner:
 
     def apply(self, fault: Fault) -> None:
         fault.started = self.now()
-        if fault.kind == "kill_nats":
-            running = [s for s in self.mesh.cluster.servers if s.running]
-            if len(running) < 3:
-                fault.skipped, fault.note = True, "a server is still down"
-                return
-            server = self.rng.choice(running)
-            fault.target = server.name or server.url
-            server.halt(kill=True)
+        if fault.kind in ("kill_nats", "partition"):
+            self._nats_fault(fault)
             return
         victim = self._victim()
         if victim is None:
@@ -94,13 +92,30 @@ class FaultRunner:
             fault.note = f"replacement {self.mesh.drain_and_replace(victim)}"
             fault.ended = fault.started
 
+    def _nats_fault(self, fault: Fault) -> None:
+        """Kill or partition one NATS server, never while another is down or cut off (a cluster of 3 keeps a quorum)."""
+        servers = self.mesh.cluster.servers
+        if sum(s.running for s in servers) < 3 or (self.mesh.net and self.mesh.net.cut_now):
+            fault.skipped, fault.note = True, "another NATS server is still down or cut off"
+            return
+        i = self.rng.randrange(len(servers))
+        fault.target = servers[i].name or servers[i].url
+        if fault.kind == "kill_nats":
+            servers[i].halt(kill=True)
+        else:
+            self.mesh.partition(i)
+
     async def _undo_after(self, fault: Fault) -> None:
         await asyncio.sleep(fault.duration)
         if fault.kind == "kill_node":
             await asyncio.to_thread(self.mesh.restart, fault.target)
         elif fault.kind == "pause_node":
             self.mesh.resume(fault.target)
+        elif fault.kind == "partition":
+            await asyncio.to_thread(self.mesh.heal, self._server_index(fault.target))
         else:
-            server = next(s for s in self.mesh.cluster.servers if (s.name or s.url) == fault.target)
-            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(self.mesh.cluster.servers[self._server_index(fault.target)].start)
         fault.ended = self.now()
+
+    def _server_index(self, target: str) -> int:
+        return next(i for i, s in enumerate(self.mesh.cluster.servers) if (s.name or s.url) == target)

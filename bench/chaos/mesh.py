@@ -12,6 +12,8 @@ from pathlib import Path
 from disrouter.local.nats_server import NatsCluster
 from disrouter.local.processes import NodeProcess, start_node, stop_nodes
 
+from .netns import Netns
+
 # tier -> (cost, extra flags): small is the entry, large always answers
 TIERS = {"small": (0.1, ["--entry"]), "medium": (0.4, []), "large": (0.9, ["--policy", "always"])}
 REPLICAS = 2
@@ -20,10 +22,11 @@ REPLICAS = 2
 class ChaosMesh:
     """Cluster + nodes; every fault method returns a short description for the fault log."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, net: Netns | None = None) -> None:
         self.log_dir = log_dir
         self.prefix = f"chaos{uuid.uuid4().hex[:6]}"
-        self.cluster = NatsCluster(3)
+        self.net = net  # with it, each NATS server runs in its own network namespace and can be partitioned
+        self.cluster = net.cluster() if net else NatsCluster(3)
         self.nodes: dict[str, NodeProcess] = {}
         self.tier_of: dict[str, str] = {}
         self.paused: set[str] = set()
@@ -68,6 +71,15 @@ class ChaosMesh:
         new_id = f"{self.tier_of[node_id]}-r{self._replacements}"
         self.start_node(new_id, self.tier_of[node_id])
         return new_id
+
+    def partition(self, server: int) -> None:
+        """Cut NATS server ``server`` off from the other two (both ways); it keeps running, clients still reach it."""
+        assert self.net is not None
+        self.net.cut(server)
+
+    def heal(self, server: int) -> None:
+        assert self.net is not None
+        self.net.heal(server)
 
     def stop(self) -> None:
         for node_id in list(self.paused):

@@ -80,7 +80,7 @@ def write(out: Path, figures: dict, records: list[Record]) -> None:
 
 def _markdown(f: dict) -> str:
     lines = [
-        "# Chaos soak", "", f"Command: `{f['command']}`  ", f"Date: {f['date']}, commit {f['commit']}, load average at start {f['load_at_start']}", "",
+        "# Chaos soak", "", f"Command: `{f['command']}`  ", f"Date: {f['date']}, commit {f['commit']}, load average at start {f['load_at_start']}  ", _partition_line(f.get("network_partition")), "",
         "| sent | answered | lost | duplicated (per send / answered again) | p50 ms | p99 ms | p50 / p99 ms during faults |",
         "|---|---|---|---|---|---|---|",
         f"| {f['sent']} | {f['answered']} | {f['lost']} | {f['duplicated']} ({f['duplicated_per_send']} / {f['answered_again']}) | "
@@ -92,6 +92,12 @@ def _markdown(f: dict) -> str:
         lasted = round(row["ended"] - row["started"], 1) if row.get("ended") is not None and row.get("started") is not None else ""
         lines.append(f"| {row['at']} | {row['kind']} | {row['target']} | {lasted} | {row.get('recovered_s', '')} | {row['note']}{' (skipped)' if row['skipped'] else ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _partition_line(partition: dict | str | None) -> str:
+    if isinstance(partition, dict) and partition.get("enabled"):
+        return f"Network partition: on (NATS servers {', '.join(partition['servers'])} in namespaces {', '.join(partition['namespaces'])})"
+    return f"Network partition: {partition.get('why') if isinstance(partition, dict) else partition}"
 
 
 def _timeline(path: Path, figures: dict, records: list[Record]) -> None:
@@ -107,7 +113,7 @@ def _timeline(path: Path, figures: dict, records: list[Record]) -> None:
     fig, ax = plt.subplots(figsize=(12, 4))
     ax.plot(range(end), answered, label="answered / s", color="tab:green")
     ax.bar(range(end), failed, label="errors / s", color="tab:red")
-    colors = {"kill_node": "tab:red", "pause_node": "tab:orange", "kill_nats": "tab:purple", "drain_node": "tab:blue"}
+    colors = {"kill_node": "tab:red", "pause_node": "tab:orange", "kill_nats": "tab:purple", "drain_node": "tab:blue", "partition": "tab:brown"}
     for row in figures["faults"]:
         if row["skipped"] or row["started"] is None:
             continue
