@@ -1,4 +1,5 @@
-"""`disrouter demo`: embedded NATS, the demo topology's nodes as real processes, a few questions."""
+"""`disrouter demo`: embedded NATS, the demo topology's nodes as real processes, questions with known
+answers through the mesh, and the mesh's utility against Largest-only on the same questions."""
 
 from __future__ import annotations
 
@@ -8,30 +9,25 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from disrouter.mesh.client import MeshClient, MeshError
+from disrouter.mesh.client import MeshClient
+from disrouter.mesh.objective import scenario_alpha
 from disrouter.mesh.protocol import Answer
 from disrouter.mesh.topology import Topology, load_topology
 from disrouter.topologies import topology_path
 
+from .demo_questions import QuestionSet, questions_for
+from .demo_report import Scored, results_table, score, summarise
 from .nats_server import NatsServer
 from .processes import NodeProcess, start_node, stop_nodes, wait_until_registered
 
-# Shaped like none of the few-shot demonstrations in node/prompts.py (a product of big numbers, a
-# capital, a sports winner, a "how many"), so a rejection is the model's own and not a copied pattern.
-QUESTIONS = [
-    "Which planet is known as the Red Planet?",
-    "What is the chemical symbol for gold?",
-    "Who painted the Mona Lisa?",
-    "Who wrote Romeo and Juliet?",
-    "Who was the mayor of Ulm in 1712?",
-    "What is the integral of x^3 * ln(x) dx?",
-]
-console = Console(width=None if sys.stdout.isatty() else 140)
+SCENARIO = "balance"
+"""The scenario every demo question is asked under (its alpha weighs cost in the utility)."""
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def launch_nodes(topology: Topology, topology_file: Path, nats_url: str, log_dir: Path) -> list[NodeProcess]:
@@ -41,27 +37,16 @@ def launch_nodes(topology: Topology, topology_file: Path, nats_url: str, log_dir
     ]
 
 
-async def ask_all(nats_url: str, prefix: str, questions: list[str]) -> list[Answer | MeshError]:
+async def ask_all(nats_url: str, prefix: str, questions: QuestionSet, tier: str | None = None) -> list[Answer | BaseException]:
+    """Every question through the ingress, as a client asks, or straight to one ``tier``'s subject."""
     async with await MeshClient.connect(nats_url, prefix) as client:
-        with console.status(f"asking {len(questions)} questions ..."):
+        target = client.to_tier(tier) if tier else client
+        with console.status(f"asking {len(questions.tasks)} questions{f' of tier {tier}' if tier else ''} ..."):
             return await asyncio.gather(
-                *(client.ask(q, scenario="balance", timeout=180.0, retries=0, max_tokens=48) for q in questions),
+                *(target.ask(task.prompt_messages(), scenario=SCENARIO, timeout=180.0, retries=0, max_tokens=questions.max_tokens, temperature=0.0)
+                  for task in questions.tasks),
                 return_exceptions=True,
             )
-
-
-def results_table(questions: list[str], results: list[Answer | BaseException]) -> Table:
-    table = Table(title="DiSRouter demo (scenario: balance)", show_lines=True)
-    for column, style in (("question", "bold"), ("answer", ""), ("answered by", "cyan"), ("path", "magenta"), ("ms", "")):
-        table.add_column(column, style=style, overflow="fold")
-    for question, result in zip(questions, results):
-        if isinstance(result, Answer):
-            path = " -> ".join(f"{hop.model} ({hop.decision})" for hop in result.path)
-            ms = sum(hop.ms for hop in result.path)
-            table.add_row(question, result.text[:120], result.node_id, path, f"{ms:.0f}")
-        else:
-            table.add_row(question, f"[red]{result}[/red]", "-", "-", "-")
-    return table
 
 
 def _prepare_models(topology: Topology) -> None:
@@ -81,9 +66,24 @@ def _wait_for_signal() -> None:
         pass
 
 
+def show(topology: Topology, questions: QuestionSet, mesh: list[Scored], largest: list[Scored]) -> None:
+    """The table of the mesh's replies, then its utility against Largest-only's."""
+    alpha = scenario_alpha(SCENARIO)
+    strongest = topology.cascade()[-1].key
+    console.print(results_table(f"DiSRouter demo: {len(questions.tasks)} questions from {questions.name} (scenario: {SCENARIO})", mesh))
+    ours, theirs = summarise(mesh, alpha), summarise(largest, alpha)
+    console.print(ours.line("mesh (self-routed)", alpha))
+    console.print(theirs.line(f"largest only ({strongest}, the same questions)", alpha))
+    verdict = "above" if ours.utility > theirs.utility else "not above"
+    console.print(f"utility = accuracy - alpha * cost: the mesh {ours.utility:.3f} vs largest only {theirs.utility:.3f}, {verdict}")
+
+
 def run_demo(port: int | None = None, keep: bool = False, topology: str | None = None) -> int:
+    """Run the demo; 0 when every question got an answer from the mesh and from Largest-only."""
+    started = time.monotonic()
     topology_file = Path(topology) if topology else topology_path("demo")
     topo = load_topology(topology_file)
+    questions = questions_for(topo)
     _prepare_models(topo)
     log_dir = Path(tempfile.mkdtemp(prefix="disrouter-demo-"))
     with NatsServer(port=port) as server:
@@ -91,19 +91,19 @@ def run_demo(port: int | None = None, keep: bool = False, topology: str | None =
         nodes = launch_nodes(topo, topology_file, server.url, log_dir)
         try:
             asyncio.run(wait_until_registered(server.url, topo.prefix, nodes, console))
-            console.print(f"{len(nodes)} nodes live: " + ", ".join(f"{n.node_id}" for n in nodes))
+            console.print(f"{len(nodes)} nodes live after {time.monotonic() - started:.1f} s: " + ", ".join(n.node_id for n in nodes))
             if keep:
                 console.print(
-                    f"The mesh is running. Try:\n  disrouter ask --nats {server.url} \"What is the capital of France?\"\n"
+                    f"The mesh is running. Try:\n  disrouter ask --nats {server.url} \"{questions.tasks[0].question}\"\n"
                     f"  disrouter status --nats {server.url} --json\nCtrl-C (or SIGTERM) stops it."
                 )
                 _wait_for_signal()
                 return 0
-            results = asyncio.run(ask_all(server.url, topo.prefix, QUESTIONS))
-            console.print(results_table(QUESTIONS, results))
-            answered_by = {r.node_id for r in results if isinstance(r, Answer)}
-            console.print(f"{sum(isinstance(r, Answer) for r in results)}/{len(QUESTIONS)} answered, by {len(answered_by)} node(s)")
-            return 0 if all(isinstance(r, Answer) for r in results) else 1
+            costs = {entry.key: entry.cost for entry in topo.models}
+            mesh = score(questions.tasks, asyncio.run(ask_all(server.url, topo.prefix, questions)), costs)
+            largest = score(questions.tasks, asyncio.run(ask_all(server.url, topo.prefix, questions, topo.cascade()[-1].key)), costs)
+            show(topo, questions, mesh, largest)
+            return 0 if all(isinstance(s.reply, Answer) for s in [*mesh, *largest]) else 1
         finally:
             with console.status("stopping nodes ..."):
                 stop_nodes(nodes)

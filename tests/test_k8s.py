@@ -201,7 +201,9 @@ def test_image_build_context_makes_a_complete_wheel(tmp_path: Path) -> None:
         assert package.replace(".", "/") + "/__init__.py" in names, package
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "disrouter = disrouter.cli.main:main" in entry_points and "disrouter-node = disrouter.node.cli:main" in entry_points
-    assert "disrouter/topologies/demo.yaml" in names
+    assert "disrouter/topologies/demo.yaml" in names and "disrouter/topologies/smollm2.yaml" in names
+    for tier in ("s", "m"):  # the checkpoints topologies/demo.yaml serves (family-<tier>-sftrl)
+        assert f"disrouter/training/family/self-aware/{tier}/sftrl/model.safetensors" in names
 
 
 # --- what the manifests point at ---------------------------------------------------------------
@@ -227,9 +229,9 @@ def test_topology_configmap_parses_with_one_deployment_per_tier(overlay: str, tm
     assert topology.prefix == "disrouter"  # the prefix k8s/nats/disrouter-auth.conf grants
 
 
-def test_cpu_demo_topology_is_the_packaged_demo(tmp_path: Path) -> None:
+def test_cpu_demo_topology_is_the_packaged_smollm2_demo(tmp_path: Path) -> None:
     ours = load_topology(K8S / "overlays" / "cpu-demo" / "topology.yaml")
-    assert ours == load_topology(topology_path("demo"))
+    assert ours == load_topology(topology_path("smollm2"))
 
 
 def test_gpu_tiers_ask_for_one_gpu_and_vllm_and_drain_within_their_grace_period() -> None:

@@ -65,7 +65,8 @@ def _package_folder(module: str) -> Path | None:
 
 
 FAMILY_PREFIX = "family-"
-"""``family-<tier>`` names a tier of the committed model family (training/family/weights/<tier>)."""
+"""``family-<tier>`` names a tier of the committed model family (training/family/weights/<tier>),
+``family-<tier>-<stage>`` its self-aware checkpoint (training/family/self-aware/<tier>/<stage>: sft, sftrl)."""
 
 
 def _family_tier(name: str) -> ModelSource | None:
@@ -73,11 +74,13 @@ def _family_tier(name: str) -> ModelSource | None:
     if not name.lower().startswith(FAMILY_PREFIX):
         return None
     training = _package_folder("disrouter.training")
-    folder = training / "family" / "weights" / name.lower().removeprefix(FAMILY_PREFIX) if training else None
+    tier, _, stage = name.lower().removeprefix(FAMILY_PREFIX).partition("-")
+    where = Path("self-aware", tier, stage) if stage else Path("weights", tier)
+    folder = training / "family" / where if training else None
     if folder is None or not (folder / "config.json").is_file():
         raise ModelNotFoundError(
-            f"model {name!r} is not a committed family tier: train it with "
-            "`disrouter train family --config training/configs/family.yaml`"
+            f"model {name!r} is not a committed family tier (training/family/{where}): train it with "
+            + ("`bash training/family/self-aware/run.sh`" if stage else "`disrouter train family --config training/configs/family.yaml`")
         )
     return ModelSource(name=name.lower(), folder=folder)
 
