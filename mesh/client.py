@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from . import tracing
 from .connection import NatsAuth, connect
-from .protocol import Answer, Chunk, Error, ErrorCode, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders
+from .protocol import Answer, Chunk, Error, ErrorCode, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders, stale_after_headers
 from .subjects import DEFAULT_PREFIX, Subjects
 
 
@@ -199,10 +199,11 @@ class MeshClient:
                 except Exception:  # connection already closed
                     pass
 
-    async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool) -> None:
+    async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool, stale_s: float | None = None) -> None:
         """Publish one send of the query; ``flush`` makes the server report a denial at once
-        (the wait loop raises it as ``forbidden``)."""
-        await self.nc.publish(self.target, payload, reply=reply, headers=tracing.headers())
+        (the wait loop raises it as ``forbidden``); ``stale_s``: the send is sent again if no node took it by then."""
+        headers = tracing.headers() if stale_s is None else stale_after_headers(tracing.headers(), stale_s)
+        await self.nc.publish(self.target, payload, reply=reply, headers=headers)
         if flush:
             try:
                 await self.nc.flush(timeout=min(timeout, 5.0))
@@ -288,7 +289,8 @@ class _Exchange:
         self.sends += 1
         if self.watch:  # a live node sends Progress at once; none by then: send again
             self._stall_after = self.stall_timeout if self.stall_timeout is not None else FIRST_CONTACT_S
-        await self.client._send(self._payload, self._current, max(self.remaining(), 0.05), flush=flush)
+        # a node reading this send after the re-send (held up in a partition) drops it: one Answer per query
+        await self.client._send(self._payload, self._current, max(self.remaining(), 0.05), flush=flush, stale_s=self._stall_after if self.watch else None)
 
     async def replies(self, subscription: Subscription) -> AsyncIterator[Chunk | Answer]:
         """What the current attempt yields to the caller, until an Answer, the deadline, or no responders."""

@@ -36,6 +36,22 @@ WireFormat = Literal["msgpack", "json"]
 # The receiving node's reply to a hand-off request: it took the query (and now answers for it), or not.
 HANDOFF_ACCEPTED = b"+ACK"
 HANDOFF_REFUSED = b"-NAK"
+# NATS header: Unix time after which the sender has moved on (the client re-sent, the hand-off's sender tried
+# its next target); a node reading the message later (held up by a network partition) must not take it on.
+STALE_AFTER_HEADER = "Disrouter-Stale-After"
+
+
+def stale_after_headers(headers: dict[str, str] | None, seconds: float) -> dict[str, str]:
+    """``headers`` plus the time, ``seconds`` from now, after which the message is stale."""
+    return {**(headers or {}), STALE_AFTER_HEADER: f"{time.time() + seconds:.3f}"}
+
+
+def is_stale(headers: dict[str, str] | None, now: float | None = None) -> bool:
+    """True when the message's sender has moved on (its STALE_AFTER_HEADER time passed)."""
+    try:
+        return (now or time.time()) > float((headers or {})[STALE_AFTER_HEADER])
+    except (KeyError, ValueError):
+        return False
 ROUTING_FIELDS = ("path", "reply_to", "wire")  # the HandOff's own keys in its flat wire map
 
 

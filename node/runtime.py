@@ -53,6 +53,8 @@ from disrouter.mesh.protocol import (
     Query,
     decode_inbound,
     encode,
+    is_stale,
+    stale_after_headers,
     query_id_of,
     wire_format_of,
 )
@@ -296,8 +298,9 @@ class Node:
             return
         structlog.contextvars.bind_contextvars(query_id=handoff.query.id)
         confirm = isinstance(arrived, HandOff) and bool(msg.reply)  # the sender waits for +ACK or -NAK
-        if self._waking():  # its sender gave up on this node while it was paused: a hand-off's tries its
-            self._log.info("stale_after_stall", query_id=handoff.query.id)  # next target, a client re-sends
+        stale = "stale_after_stall" if self._waking() else "stale_on_arrival" if is_stale(msg.headers) else None
+        if stale:  # its sender moved on while this node was paused or the message was held up (a partition):
+            self._log.info(stale, query_id=handoff.query.id)  # a hand-off's tries its next target, a client re-sent
             if confirm:
                 await self._refuse(msg, full=False)
             return
@@ -488,7 +491,7 @@ class Node:
         """Ask one target to take the query: ``accepted``, ``refused``, ``absent``, ``silent`` or ``denied``."""
         timeout = min(self.settings.handoff_timeout_s, max(handoff.query.deadline - time.time(), 0.05))
         try:
-            reply = await self.nc.request(target.subject, payload, timeout=timeout, headers=tracing.headers())
+            reply = await self.nc.request(target.subject, payload, timeout=timeout, headers=stale_after_headers(tracing.headers(), timeout))
         except NoRespondersError:
             self._log.info("peer_absent", target=target.model_key)
             return "absent"

@@ -11,15 +11,26 @@ the reason, which CI (strict skips, no allow-list entry on Linux) turns into a f
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import msgpack
 import nats
 import pytest
+from conftest import wait_for
+from harness import NodeHarness
 
 from disrouter.bench.chaos.netns import Netns, why_not
+from disrouter.mesh.client import MeshClient
+from disrouter.mesh.connection import connect
+from disrouter.mesh.protocol import HANDOFF_REFUSED, STALE_AFTER_HEADER, Answer, HandOff, Query, encode
+from disrouter.mesh.subjects import Subjects
+from disrouter.node.backends.instant import InstantBackend
 
 BIN = Path(sys.executable).parent
 
@@ -116,3 +127,43 @@ async def _across_the_cut(net: Netns, url_a: str, url_b: str) -> None:
     assert b"during" in got
     await a.close()
     await b.close()
+
+
+async def test_a_message_read_after_its_sender_moved_on_is_not_taken_on(nats_url: str) -> None:
+    """What a partition held up past its Stale-After time (the client re-sent, the hand-off's sender moved on)
+    gets no answer and a hand-off gets -NAK; the same message on time is answered. MeshClient marks its sends."""
+    harness = NodeHarness(nats_url, lambda model: InstantBackend(), prefix=f"p{uuid.uuid4().hex[:8]}", registry_ttl_s=2.0, backend_kind="instant")
+    await harness.add("small", 0.1, entry=True, policy="always")
+    nc = await connect(nats_url, name="held-up")
+    seen: dict[str, list[bytes]] = collections.defaultdict(list)
+
+    async def keep(msg) -> None:  # noqa: ANN001
+        seen[msg.subject.rsplit(".", 1)[1]].append(msg.data)
+
+    inbox = nc.new_inbox()
+    await nc.subscribe(f"{inbox}.*", cb=keep)
+    late, on_time = {STALE_AFTER_HEADER: f"{time.time() - 1:.3f}"}, {STALE_AFTER_HEADER: f"{time.time() + 30:.3f}"}
+    for name, headers in (("late", late), ("on_time", on_time)):
+        query = Query(id=name, messages=[{"role": "user", "content": "q"}], progress=True)
+        await nc.publish(harness.subjects.ingress, encode(query), reply=f"{inbox}.{name}", headers=headers)
+    handoff = HandOff(query=Query(id="late_handoff", messages=[{"role": "user", "content": "q"}]), reply_to=f"{inbox}.late_handoff")
+    confirm = await nc.request(harness.subjects.model("small"), encode(handoff), timeout=5, headers=late)
+    await wait_for(lambda: any(b"text" in m for m in seen["on_time"]), 10, "the on-time answer")
+    await asyncio.sleep(1.0)
+    assert confirm.data == HANDOFF_REFUSED
+    assert seen["late"] == [] and seen["late_handoff"] == []
+
+    sent: list[dict | None] = []
+
+    async def fake_node(msg) -> None:  # noqa: ANN001
+        sent.append(msg.headers)
+        await nc.publish(msg.reply, encode(Answer(id=msgpack.unpackb(msg.data)["id"], text="ok", model="m", node_id="n", path=[])))
+
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    await nc.subscribe(Subjects(prefix).ingress, cb=fake_node)
+    async with await MeshClient.connect(nats_url, prefix) as client:
+        started = time.time()
+        await client.ask("q", timeout=10)
+    await nc.close()
+    await harness.close()
+    assert sent and 4.0 < float(sent[0][STALE_AFTER_HEADER]) - started < 6.0  # FIRST_CONTACT_S: re-sent after that

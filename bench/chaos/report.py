@@ -57,6 +57,7 @@ def summarize(records: list[Record], faults: list[Fault], wire: WireCount, meta:
         "duplicated": wire.duplicated_per_send + wire.answered_again,
         "duplicated_per_send": wire.duplicated_per_send,  # two final messages to one reply subject: a mesh fault
         "answered_again": wire.answered_again,  # a second Answer for one id, to a superseded send (re-send after silence)
+        "answered_again_ids": sorted(q for q, n in wire.answers.items() if n > 1),  # to look the queries up in the node logs
         "errors_by_code": dict(errors),
         "non_retryable_errors": {code: n for code, n in errors.items() if code not in RETRYABLE},
         "latency_ms_p50": _percentile([r.latency_ms for r in answered], 0.5),
