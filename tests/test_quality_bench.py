@@ -195,6 +195,8 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
     assert join["method"] == "sft_probe" and join["tier"] == "mid"
     assert join["queries_after"] >= 12 and join["answered_after"] > 0
     assert results["meta"]["commit"] and results["meta"]["command"]
+    assert results["headline"]["disrouter"]["sftrl_probe"]["alpha"] is None  # not configured: said so, not faked
+    assert results["headline"]["line"] in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def best_saving(rows: Sequence[dict[str, Any]], method: str, keep: float = KEEP)
     for row in sorted((r for r in rows if r["method"] == method and r["alpha"] in largest), key=lambda r: r["alpha"]):
         ref = largest[row["alpha"]]
         share = row["accuracy"] / ref["accuracy"] if ref["accuracy"] else 0.0
-        saving = 1.0 - row["cost"] / ref["cost"]
+        saving = 1.0 - row["cost"] / ref["cost"] if ref["cost"] else 0.0
         if share >= keep and (found["cost_saving"] is None or saving > found["cost_saving"]):
             found.update(alpha=row["alpha"], cost_saving=saving, accuracy_share=share, accuracy=row["accuracy"], cost=row["cost"],
                          largest_accuracy=ref["accuracy"], largest_cost=ref["cost"])
