@@ -2,7 +2,8 @@
 
 ``python -m disrouter.bench.readme_table bench/results/perf.json README.md`` rewrites the table
 between the two marker lines; ``disrouter bench perf --json FILE --readme README.md`` does it
-after a run. A test checks that the README and the committed JSON agree.
+after a run. A test checks that the README and the committed JSON agree. ``between`` and
+``replace_between`` serve every generated README block (bench/quality/readme.py's too).
 """
 
 from __future__ import annotations
