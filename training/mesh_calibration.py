@@ -132,8 +132,8 @@ def calibrate_mesh(tiers: Sequence[TierRows], alpha: float, ids: Sequence[str]) 
 
 
 def oracle_result(tiers: Sequence[TierRows], alpha: float, ids: Sequence[str]) -> MeshResult:
-    """The cheapest tier that answers right (the strongest when none does): the ceiling for the mesh."""
+    """The cheapest tier that answers right (the cheapest when none does, as bench quality's oracle): the ceiling for the mesh."""
     def pick(query_id: str) -> int:
-        return next((i for i, tier in enumerate(tiers) if tier.outcomes[query_id].correct), len(tiers) - 1)
+        return next((i for i, tier in enumerate(tiers) if tier.outcomes[query_id].correct), 0)
 
     return _result(tiers, [pick(query_id) for query_id in ids], alpha, ids)

@@ -211,10 +211,24 @@ def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]
     return path
 
 
+def write_rows(config: MeshConfig, measured: dict[Path, Outcomes]) -> Path:
+    """``out/mesh-rows.jsonl``: every measured (folder, alpha, query) with P(reject) and correctness."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    path = config.out / "mesh-rows.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for folder, outcomes in measured.items():
+            for alpha, rows in outcomes.items():
+                for query_id, outcome in rows.items():
+                    handle.write(json.dumps({"folder": str(folder), "alpha": alpha, "id": query_id,
+                                             "p_reject": outcome.p_reject, "correct": outcome.correct}) + "\n")
+    return path
+
+
 def run_mesh_calibration(config_path: str | Path, progress: bool = True) -> Path:
     """Measure, calibrate every arm, write the tiers' calibration files and the report; returns the report."""
     config = load_mesh_config(config_path)
     measured = measure_all(config, progress)
+    write_rows(config, measured)
     arms = {arm: calibrate_arm(config, arm, measured) for arm in config.arms()}
     for arm, per_alpha in arms.items():
         write_tier_calibrations(config, arm, per_alpha)

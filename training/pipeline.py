@@ -26,7 +26,7 @@ from disrouter.mesh.objective import DEFAULT_ALPHAS, DEFAULT_GAMMA, check_alphas
 
 from .config import TrainingConfigError, read_settings_file
 from .probe import ProbeConfig, load_records, run_probe
-from .splits import DEFAULT_FRACTIONS, select
+from .splits import DEFAULT_FRACTIONS, SPLIT_SOURCES, select, select_by_meta
 from .synthetic import write_synthetic
 
 log = structlog.get_logger("disrouter.training.pipeline")
@@ -44,7 +44,7 @@ class TrainConfig:
 
     model: str
     out: Path
-    tasks: dict[str, Any]  # {file: PATH, format: tasks|gsm8k|mmlu|arc} or {synthetic: {kinds, per_level, seed, max_level}}
+    tasks: dict[str, Any]  # {file: PATH, format: tasks|gsm8k|mmlu|arc, split: hash|meta} or {synthetic: {kinds, per_level, seed, max_level}}
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # the scenarios every stage covers
     gamma: float = DEFAULT_GAMMA  # the reward's exponent, for RL, evaluation and calibration
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
@@ -72,6 +72,9 @@ class TrainConfig:
         if nested:
             raise TrainingConfigError(f"{path}: {', '.join(nested)}: set alphas and gamma once, at the top of the config")
         splits = dict(data.get("splits") or DEFAULT_FRACTIONS)
+        tasks = data["tasks"]
+        if not isinstance(tasks, dict) or tasks.get("split", "hash") not in SPLIT_SOURCES:
+            raise TrainingConfigError(f"{path}: tasks must be a mapping whose split (if given) is one of {', '.join(SPLIT_SOURCES)}")
         stages = tuple(data.get("stages") or STAGES)
         bad = [s for s in stages if s not in STAGES]
         if bad:
@@ -193,6 +196,11 @@ class Pipeline:
         done = load_records(self.out / "probe")
         if not done:
             raise TrainingConfigError(f"no probe results in {self.out / 'probe'}: run `disrouter train probe` first")
+        if self.config.tasks.get("split") == "meta":
+            try:
+                return select_by_meta(done.values(), split)
+            except ValueError as exc:
+                raise TrainingConfigError(str(exc)) from None
         return select(done.values(), split, fractions=self.config.splits, seed=self.config.split_seed)
 
     def _model_after(self, stage: Stage) -> str:
