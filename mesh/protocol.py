@@ -39,11 +39,13 @@ HANDOFF_REFUSED = b"-NAK"
 # NATS header: Unix time after which the sender has moved on (the client re-sent, the hand-off's sender tried
 # its next target); a node reading the message later (held up by a network partition) must not take it on.
 STALE_AFTER_HEADER = "Disrouter-Stale-After"
+STALE_MARGIN_S = 1.0  # a node's Progress or +ACK needs time to reach the sender before it moves on
 
 
 def stale_after_headers(headers: dict[str, str] | None, seconds: float) -> dict[str, str]:
-    """``headers`` plus the time, ``seconds`` from now, after which the message is stale."""
-    return {**(headers or {}), STALE_AFTER_HEADER: f"{time.time() + seconds:.3f}"}
+    """``headers`` plus the time after which the message is stale: the sender moves on ``seconds`` from
+    now, and what a node takes on must be confirmed before that (STALE_MARGIN_S, at most half the wait)."""
+    return {**(headers or {}), STALE_AFTER_HEADER: f"{time.time() + max(seconds - STALE_MARGIN_S, seconds / 2):.3f}"}
 
 
 def is_stale(headers: dict[str, str] | None, now: float | None = None) -> bool:
