@@ -201,7 +201,7 @@ class MeshClient:
 
     async def _send(self, payload: bytes, reply: str, timeout: float, *, flush: bool, stale_s: float | None = None) -> None:
         """Publish one send of the query; ``flush`` makes the server report a denial at once
-        (the wait loop raises it as ``forbidden``); ``stale_s``: the send is sent again if no node took it by then."""
+        (the wait loop raises it as ``forbidden``); ``stale_s``: the send is sent again if no node took it by then (a node reading it late drops it)."""
         headers = tracing.headers() if stale_s is None else stale_after_headers(tracing.headers(), stale_s)
         await self.nc.publish(self.target, payload, reply=reply, headers=headers)
         if flush:
@@ -289,7 +289,7 @@ class _Exchange:
         self.sends += 1
         if self.watch:  # a live node sends Progress at once; none by then: send again
             self._stall_after = self.stall_timeout if self.stall_timeout is not None else FIRST_CONTACT_S
-        # a node reading this send after the re-send (held up in a partition) drops it: one Answer per query
+        # a node reading this send late (held up in a partition) drops it: one Answer per query
         await self.client._send(self._payload, self._current, max(self.remaining(), 0.05), flush=flush, stale_s=self._stall_after if self.watch else None)
 
     async def replies(self, subscription: Subscription) -> AsyncIterator[Chunk | Answer]:

@@ -36,16 +36,16 @@ WireFormat = Literal["msgpack", "json"]
 # The receiving node's reply to a hand-off request: it took the query (and now answers for it), or not.
 HANDOFF_ACCEPTED = b"+ACK"
 HANDOFF_REFUSED = b"-NAK"
-# NATS header: Unix time after which the sender has moved on (the client re-sent, the hand-off's sender tried
-# its next target); a node reading the message later (held up by a network partition) must not take it on.
+# NATS header: Unix time after which a node must not take the message on. A send or hand-off read later
+# was held up (a network partition, a reconnect buffer): its sender has moved on or soon will (the client
+# re-sends, the hand-off's sender tries its next target), and another copy may already be answered.
 STALE_AFTER_HEADER = "Disrouter-Stale-After"
-STALE_MARGIN_S = 1.0  # a node's Progress or +ACK needs time to reach the sender before it moves on
+FRESH_S = 1.0  # how long a message stays fresh (at most half its sender's patience); clocks must agree this well
 
 
-def stale_after_headers(headers: dict[str, str] | None, seconds: float) -> dict[str, str]:
-    """``headers`` plus the time after which the message is stale: the sender moves on ``seconds`` from
-    now, and what a node takes on must be confirmed before that (STALE_MARGIN_S, at most half the wait)."""
-    return {**(headers or {}), STALE_AFTER_HEADER: f"{time.time() + max(seconds - STALE_MARGIN_S, seconds / 2):.3f}"}
+def stale_after_headers(headers: dict[str, str] | None, patience_s: float) -> dict[str, str]:
+    """``headers`` plus the time after which the message is stale, for a sender that moves on after ``patience_s``."""
+    return {**(headers or {}), STALE_AFTER_HEADER: f"{time.time() + min(FRESH_S, patience_s / 2):.3f}"}
 
 
 def is_stale(headers: dict[str, str] | None, now: float | None = None) -> bool:
