@@ -108,7 +108,7 @@ def test_command_on_the_smoke_family(tmp_path: Path) -> None:
         calibration = load_calibration(None, copies[name])
         assert set(calibration.thresholds) == {0.2, 0.8} and calibration.demonstrations is False
         written = json.loads((copies[name] / "disrouter-calibration.json").read_text())
-        assert written["objective"] == "mesh" and set(written["mesh"]["val_utility"]) == {"0.2", "0.8"}
+        assert written["objective"] == "mesh" and set(written["mesh"]["val_utility_from_tier"]) == {"0.2", "0.8"}
     report = json.loads((tmp_path / "out" / "mesh-calibration.json").read_text())
     figures = report["arms"]["arm"]["0.8"]
     assert figures["mesh"]["utility"] == pytest.approx(figures["mesh"]["accuracy"] - 0.8 * figures["mesh"]["cost"], abs=1e-3)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,14 @@ def load_mesh_config(path: str | Path) -> MeshConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrainingConfigError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
-    base = path.parent
-    config.val, config.out = base / config.val, base / config.out
-    config.topology = base / config.topology if config.topology else None
+    def near(folder: Path) -> Path:  # relative to the config file, without "dir/.." detours
+        return Path(os.path.normpath(path.parent / folder))
+
+    config.val, config.out = near(config.val), near(config.out)
+    config.topology = near(config.topology) if config.topology else None
     for tier in config.tiers:
-        tier.model = base / tier.model if tier.model else None
-        tier.checkpoints = {arm: base / folder for arm, folder in tier.checkpoints.items()}
+        tier.model = near(tier.model) if tier.model else None
+        tier.checkpoints = {arm: near(folder) for arm, folder in tier.checkpoints.items()}
     _check(path, config)
     return config
 
@@ -165,7 +168,7 @@ def write_tier_calibrations(config: MeshConfig, arm: str, per_alpha: dict[float,
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh",
             "mesh": {"tiers": [t.key for t in config.tiers], "costs": [t.cost for t in config.tiers], "val": str(config.val),
-                     "val_utility": {str(a): round(f["mesh"][index].utility, 4) for a, f in per_alpha.items()},
+                     "val_utility_from_tier": {str(a): round(f["mesh"][index].utility, 4) for a, f in per_alpha.items()},
                      "degenerate": {str(a): t.answer for a, t in chosen.items() if t.degenerate}},
         }
         path = folder / CALIBRATION_FILENAME
@@ -181,8 +184,8 @@ def _figures(result: MeshResult) -> dict[str, Any]:
 
 
 def _cell(thresholds: dict[str, Any]) -> str:
-    answer = f"{thresholds['answer']:.3f}" + (" (degenerate)" if thresholds["degenerate"] else "")
-    return answer + " / " + ("never" if thresholds["skip"] >= 1 else f"{thresholds['skip']:.3f}")
+    answer = f"{thresholds['answer']:.3g}" + (" (degenerate)" if thresholds["degenerate"] else "")
+    return answer + " / " + ("never" if thresholds["skip"] >= 1 else f"{thresholds['skip']:.3g}")
 
 
 def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]]) -> Path:

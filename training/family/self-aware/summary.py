@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ARMS = (("SFT", "report-sft"), ("SFT+RL (40-step pilot)", "report-sftrl-rl40steps"), ("SFT+RL", "report-sftrl"))
+ARMS = (("SFT", "report-sft"), ("SFT+RL", "report-sftrl"))
 
 
 print("| tier | arm | alpha | generate: trained util (answer rate) | always-reject | always-answer | random @ same rate | oracle "
