@@ -38,6 +38,7 @@ class NodeCard(BaseModel):
     position: int | None = None  # index in the topology file, when the node is in it
     entry: bool = False
     policy: str = "generate"
+    answer_model: str | None = None  # the weights that write answers, when not the deciding model (probe policy)
     backend: str = "transformers"
     context_length: int = 2048
     capabilities: list[str] = Field(default_factory=list)

@@ -20,7 +20,7 @@ from disrouter.mesh.topology import TopologyError, load_topology
 from . import __version__
 from .backends import ModelNotFoundError, check_model, load_backend
 from .calibration import CalibrationError, load_calibration
-from .compose import build_node
+from .compose import build_node, check_answer_model
 from .http import ProbeServer
 from .policies import POLICIES
 from .settings import BackendSettings, ConfigError, NodeSettings
@@ -60,6 +60,7 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
         key, model, cost = entry.key, entry.model, entry.cost if args.cost is None else args.cost
         policy = args.policy or entry.policy or "generate"
         is_entry = args.entry or topology.is_entry(entry)
+        answer_model = args.answer_model or entry.answer_model
     else:
         if args.cost is None:
             where = f"not in {args.topology}" if topology else "not in a topology file"
@@ -67,7 +68,7 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
         position, model, cost = None, args.model, args.cost
         source = check_model(args.backend, args.model)
         key = args.key or subject_token(source.name if source else args.model)
-        policy, is_entry = args.policy or "generate", args.entry
+        policy, is_entry, answer_model = args.policy or "generate", args.entry, args.answer_model
     prefix = args.prefix or (topology.prefix if topology else DEFAULT_PREFIX)
     card = NodeCard(
         node_id=args.node_id or f"{key}-{uuid.uuid4().hex[:6]}",
@@ -77,6 +78,7 @@ def node_card(args: argparse.Namespace) -> tuple[NodeCard, str, str]:
         position=position,
         entry=is_entry,
         policy=policy,
+        answer_model=answer_model,
         backend=args.backend,
         version=__version__,
     )
@@ -87,6 +89,8 @@ async def serve(args: argparse.Namespace) -> int:
     card, model, prefix = node_card(args)
     subjects = Subjects(prefix)
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
+    check_answer_model(card)  # before loading two models
+    answer_source = check_model(args.backend, card.answer_model) if card.answer_model else None
     options = dataclass_from_args(BackendSettings, args).loader_options()
     settings = dataclass_from_args(NodeSettings, args)
     if settings.tracing:
@@ -97,8 +101,11 @@ async def serve(args: argparse.Namespace) -> int:
         model_folder = source.folder if source and source.gguf_file is None else None
         calibration = load_calibration(args.calibration, model_folder)
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
+        answer_backend = (await asyncio.to_thread(load_backend, args.backend, answer_source or card.answer_model, **options)
+                          if card.answer_model else None)
         peers = args.peers.split(",") if args.peers else None
-        node = await build_node(nc, card, backend, subjects, peers=peers, calibration=calibration, settings=settings)
+        node = await build_node(nc, card, backend, subjects, peers=peers, calibration=calibration, settings=settings,
+                                answer_backend=answer_backend)
         node.probes = probes  # /healthz answered while the model loaded; /readyz turns ready once registered
         log.info("nats_connected", server=nc.server, node_id=card.node_id)  # after loading: errors stay one line
         stop = asyncio.Event()

@@ -6,17 +6,27 @@ policy/backend compatibility check (``Policy.needs``) holds for every node, not 
 
 from __future__ import annotations
 
+import structlog
 from nats.aio.client import Client as NATS
 
 from disrouter.mesh.membership import NodeCard
 from disrouter.mesh.subjects import Subjects
 
 from .backends import Backend
+from .backends.split import SplitBackend
 from .calibration import Calibration
 from .policies import make_policy
 from .routing import CascadeRouting, PeerListRouting
 from .runtime import Node
 from .settings import ConfigError, NodeSettings
+
+log = structlog.get_logger("disrouter.node.compose")
+
+
+def check_answer_model(card: NodeCard) -> None:
+    """ConfigError unless a card that names an answer model runs the probe policy (its decision is a prefill, not an answer)."""
+    if card.answer_model and card.policy != "probe":
+        raise ConfigError(f"--answer-model needs --policy probe, not {card.policy}: under {card.policy} the answer is the decision")
 
 
 async def build_node(
@@ -28,11 +38,22 @@ async def build_node(
     peers: list[str] | None = None,
     calibration: Calibration | None = None,
     settings: NodeSettings | None = None,
+    answer_backend: Backend | None = None,
 ) -> Node:
     """A Node running ``card.policy`` over ``backend``: hands off along ``peers``, else the cost cascade.
 
-    Raises ConfigError (after closing ``backend``) when the policy needs what the backend cannot do.
+    With ``answer_backend`` (probe policy only) ``backend`` decides and ``answer_backend`` writes the answers.
+    Raises ConfigError (after closing the backends) when the policy needs what the backend cannot do.
     """
+    if answer_backend is not None:
+        card = card.model_copy(update={"answer_model": card.answer_model or answer_backend.model_name})
+        backend = SplitBackend(backend, answer_backend)
+        try:
+            check_answer_model(card)
+        except ConfigError:
+            await backend.close()
+            raise
+        log.info("answer_model", node_id=card.node_id, decides=card.model, answers=card.answer_model)
     policy = make_policy(card.policy, calibration)
     missing = policy.needs - backend.capabilities
     if missing:

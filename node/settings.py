@@ -71,6 +71,12 @@ class BackendSettings:
     device: str | None = setting(None, "torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     concurrency: int = setting(2, "generation batches run at once")
     max_batch: int = setting(16, "queries per generation batch")
+    answer_model: str | None = setting(
+        None,
+        "probe policy only: these weights write the answers (name, folder or .gguf, as --model; e.g. family-m) while --model's "
+        "decide; loads a second model (default: the topology entry's answer_model, else --model answers)",
+        metavar="MODEL",
+    )
     max_model_len: int | None = setting(None, "context length (default: the model's)", group="vllm", backend="vllm")
     gpu_memory_utilization: float | None = setting(
         None, "share of GPU memory (on CPU: of RAM) vLLM reserves (default 0.9 GPU, 0.2 CPU)", group="vllm", backend="vllm"

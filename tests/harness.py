@@ -61,6 +61,7 @@ class NodeHarness:
         node_id: str | None = None,
         calibration: Calibration | None = None,
         backend: Backend | None = None,
+        answer_backend: Backend | None = None,
         settings: dict[str, float] | None = None,
         **nats_options,
     ) -> Node:
@@ -71,7 +72,8 @@ class NodeHarness:
         nc = await connect(self.url, name=node_id, **nats_options)
         node_settings = NodeSettings(registry_ttl_s=self.registry_ttl_s, handoff_timeout_s=1.0, **(settings or {}))
         try:
-            node = await build_node(nc, card, backend, self.subjects, peers=peers, calibration=calibration, settings=node_settings)
+            node = await build_node(nc, card, backend, self.subjects, peers=peers, calibration=calibration, settings=node_settings,
+                                    answer_backend=answer_backend)
         except Exception:
             await nc.close()
             raise
