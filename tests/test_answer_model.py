@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Mesh
+from rich.progress import Progress
 
+from disrouter.bench.quality.live import write_topology
+from disrouter.bench.quality.preset import load_preset
 from disrouter.mesh.client import MeshClient
 from disrouter.mesh.connection import connect
 from disrouter.mesh.membership import NodeCard, list_cards, open_registry
@@ -26,6 +29,9 @@ from disrouter.node.calibration import load_calibration
 from disrouter.node.compose import ConfigError, build_node
 from disrouter.node.prompts import REJECT_PHRASE, reject_variants, with_scenario
 from disrouter.topologies import topology_path
+from disrouter.training.graders import grade
+from disrouter.training.mesh_measure import measure_tier
+from disrouter.training.mesh_run import load_mesh_config
 from disrouter.training.tasks import load_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +144,38 @@ async def test_a_topology_entry_with_answer_model_serves_the_base_answer_and_sho
         await asyncio.wait_for(proc.wait(), 30)
 
 
-def test_the_demo_and_the_benchmark_answer_with_the_base_tiers() -> None:
+def test_the_demo_and_the_benchmarks_trained_probe_arms_answer_with_the_base_tiers(tmp_path: Path) -> None:
     demo = {e.key: e for e in load_topology(topology_path("demo")).models}
     assert {k: (e.model, e.answer_model) for k, e in demo.items()} == {
         "family-s": ("family-s-sftrl", "family-s"), "family-m": ("family-m-sftrl", "family-m"), "family-l": ("family-l", None)}
+    bench = {t.key: t for t in load_preset("full").tiers}
+    assert {k: t.answer_model and t.answer_model.name for k, t in bench.items()} == {"family-s": "s", "family-m": "m", "family-l": None}
+    assert bench["family-m"].answers_with("sftrl", "probe") == bench["family-m"].model
+    assert bench["family-m"].answers_with("sftrl", "generate") is None and bench["family-m"].answers_with("untrained", "probe") is None
+    preset = load_preset("full")
+    preset.fill_costs()
+    for arm, policy, answers in (("sftrl", "probe", ["s", "m", None]), ("sft", "probe", ["s", "m", None]),
+                                 ("sftrl", "generate", [None] * 3), ("untrained", "probe", [None] * 3)):
+        written = load_topology(write_topology(preset, arm, policy, "q", tmp_path / f"{arm}-{policy}.yaml")).cascade()
+        assert [e.answer_model and Path(e.answer_model).name for e in written] == answers
+
+
+async def test_the_mesh_calibration_measures_the_split_node_it_serves(tmp_path: Path) -> None:
+    tasks = load_tasks(VAL)[QUESTIONS]
+    base_texts, _ = await own_answers("family-m", [t.prompt_messages() for t in tasks])
+    trained_texts, trained_probs = await own_answers("family-m-sftrl", [t.prompt_messages() for t in tasks])
+    base_right, trained_right = [grade(t, x) for t, x in zip(tasks, base_texts)], [grade(t, x) for t, x in zip(tasks, trained_texts)]
+    assert base_right != trained_right
+    weights = ROOT / "training" / "family"
+    config = tmp_path / "mesh.yaml"
+    config.write_text(yaml.safe_dump({"val": str(VAL), "out": str(tmp_path / "out"), "alphas": [ALPHA], "tiers": [
+        {"key": "m", "cost": 0.3, "checkpoints": {"sftrl": str(weights / "self-aware" / "m" / "sftrl")}, "answer_model": str(weights / "weights" / "m")},
+        {"key": "l", "cost": 0.9, "model": str(weights / "weights" / "l")}]}))
+    tier = load_mesh_config(config).tiers[0]
+
+    with Progress(disable=True) as bar:
+        outcomes = await measure_tier(tier.checkpoints["sftrl"], tasks, [ALPHA], strongest=False, demonstrations=False, max_tokens=MAX_TOKENS,
+                                      in_flight=1, backend="transformers", progress=bar, job=bar.add_task("m"), answer_folder=tier.answer_model)
+
+    assert [outcomes[ALPHA][t.id].correct for t in tasks] == base_right
+    assert [outcomes[ALPHA][t.id].p_reject for t in tasks] == pytest.approx(trained_probs, rel=1e-3, abs=1e-12)

@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from disrouter.mesh.protocol import Query
 from disrouter.node.backends import load_backend
+from disrouter.node.backends.split import SplitBackend
 from disrouter.node.calibration import Calibration
 from disrouter.node.policies import AlwaysPolicy, Policy, ProbePolicy
 
@@ -37,10 +38,13 @@ def measuring_policy(strongest: bool, alphas: Sequence[float], demonstrations: b
 
 async def measure_tier(
     folder: Path, tasks: Sequence[Task], alphas: Sequence[float], *, strongest: bool, demonstrations: bool,
-    max_tokens: int, in_flight: int, backend: str, progress: Progress, job: int,
+    max_tokens: int, in_flight: int, backend: str, progress: Progress, job: int, answer_folder: Path | None = None,
 ) -> Outcomes:
-    """Every task under every alpha (the strongest once: it ignores alpha) through ``folder``'s node policy."""
+    """Every task under every alpha (the strongest once: it ignores alpha) through ``folder``'s node policy;
+    with ``answer_folder`` the node's --answer-model: ``folder`` gives P(reject), ``answer_folder`` the answers."""
     loaded = await asyncio.to_thread(load_backend, backend, str(folder))
+    if answer_folder is not None:
+        loaded = SplitBackend(loaded, await asyncio.to_thread(load_backend, backend, str(answer_folder)))
     policy = measuring_policy(strongest, alphas, demonstrations)
     gate = asyncio.Semaphore(in_flight)
     measured_alphas = list(alphas)[:1] if strongest else list(alphas)

@@ -9,11 +9,12 @@ Config (paths relative to the file)::
     out: PATH               # mesh-calibration.json / .md (the measured val figures)
     demonstrations: false   # how the trained tiers prompt (training writes false)
     tiers:                  # cheapest first; the last always answers and is not calibrated
-      - {key: family-s, checkpoints: {sft: PATH, sftrl: PATH}}
+      - {key: family-s, checkpoints: {sft: PATH, sftrl: PATH}, answer_model: PATH}   # answer_model: optional
       - {key: family-l, model: PATH}
 
 Each arm (a name under ``checkpoints``) is one mesh: its checkpoint of every lower tier plus the
-strongest ``model``. Per arm and alpha the thresholds are chosen top-down (``mesh_calibration``)
+strongest ``model``; a tier with ``answer_model`` is measured as a node with ``--answer-model`` serves
+it (its checkpoint decides, those weights answer). Per arm and alpha the thresholds are chosen top-down (``mesh_calibration``)
 and written into each lower checkpoint's ``disrouter-calibration.json`` (the node's format, with
 ``objective: mesh`` and the val figures added; the node ignores extra keys).
 """
@@ -49,6 +50,7 @@ class MeshTier(BaseModel):
     cost: float | None = Field(default=None, ge=0.0)
     model: Path | None = None  # the strongest tier's folder
     checkpoints: dict[str, Path] = Field(default_factory=dict)  # arm -> a lower tier's trained folder
+    answer_model: Path | None = None  # a lower tier's weights that write its answers (node --answer-model), every arm
 
 
 class MeshConfig(BaseModel):
@@ -89,6 +91,7 @@ def load_mesh_config(path: str | Path) -> MeshConfig:
     for tier in config.tiers:
         tier.model = near(tier.model) if tier.model else None
         tier.checkpoints = {arm: near(folder) for arm, folder in tier.checkpoints.items()}
+        tier.answer_model = near(tier.answer_model) if tier.answer_model else None
     _check(path, config)
     return config
 
@@ -116,7 +119,7 @@ def _check(path: Path, config: MeshConfig) -> None:
     costs = [tier.cost for tier in config.tiers]
     if costs != sorted(costs):
         raise TrainingConfigError(f"{path}: tiers must be listed cheapest first; costs {costs}")
-    for folder in {*(f for arm in arms for f in config.mesh(arm))}:
+    for folder in {*(f for arm in arms for f in config.mesh(arm)), *(t.answer_model for t in config.tiers if t.answer_model)}:
         if not (folder / "config.json").is_file():
             raise TrainingConfigError(f"{path}: {folder} is not a model folder (no config.json)")
 
@@ -126,6 +129,7 @@ def measure_all(config: MeshConfig, progress: bool = True) -> dict[Path, Outcome
     tasks = load_tasks(config.val)
     strongest = config.tiers[-1].model
     folders = list(dict.fromkeys(f for arm in config.arms() for f in config.mesh(arm)))
+    answers = {folder: tier.answer_model for tier in config.tiers[:-1] for folder in tier.checkpoints.values()}
     measured: dict[Path, Outcomes] = {}
     with progress_bar("mesh", progress) as bar:
         for folder in folders:
@@ -134,7 +138,8 @@ def measure_all(config: MeshConfig, progress: bool = True) -> dict[Path, Outcome
                                total=len(tasks) * (1 if is_strongest else len(config.alphas)))
             measured[folder] = asyncio.run(measure_tier(
                 folder, tasks, config.alphas, strongest=is_strongest, demonstrations=config.demonstrations,
-                max_tokens=config.max_tokens, in_flight=config.in_flight, backend=config.backend, progress=bar, job=job))
+                max_tokens=config.max_tokens, in_flight=config.in_flight, backend=config.backend, progress=bar, job=job,
+                answer_folder=answers.get(folder)))
     return measured
 
 
@@ -168,6 +173,7 @@ def write_tier_calibrations(config: MeshConfig, arm: str, per_alpha: dict[float,
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh",
             "mesh": {"tiers": [t.key for t in config.tiers], "costs": [t.cost for t in config.tiers], "val": str(config.val),
+                     "answer_model": str(tier.answer_model) if tier.answer_model else None,
                      "val_utility_from_tier": {str(a): round(f["mesh"][index].utility, 4) for a, f in per_alpha.items()},
                      "degenerate": {str(a): t.answer for a, t in chosen.items() if t.degenerate}},
         }
@@ -192,7 +198,8 @@ def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]
     """``out/mesh-calibration.json`` and ``.md``: per arm and alpha the thresholds and the val figures
     of the whole mesh next to the oracle and the strongest tier alone (on the same val queries)."""
     config.out.mkdir(parents=True, exist_ok=True)
-    document = {"val": str(config.val), "tiers": [{"key": t.key, "cost": t.cost} for t in config.tiers], "arms": {
+    document = {"val": str(config.val), "tiers": [{"key": t.key, "cost": t.cost, "answer_model": t.answer_model and str(t.answer_model)}
+                                                  for t in config.tiers], "arms": {
         arm: {str(alpha): {"thresholds": {t.key: {"answer": th.answer, "skip": th.skip, "degenerate": th.degenerate}
                                           for t, th in zip(config.tiers, f["thresholds"])},
                            "mesh": _figures(f["mesh"][0]), "from_tier": {t.key: _figures(r) for t, r in zip(config.tiers, f["mesh"])},
@@ -200,7 +207,8 @@ def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]
               for alpha, f in per_alpha.items()} for arm, per_alpha in arms.items()}}
     (config.out / "mesh-calibration.json").write_text(json.dumps(document, indent=2) + "\n")
     lines = ["# Mesh-utility calibration (validation queries)", "",
-             f"`disrouter train mesh`; val: `{config.val}`; utility = accuracy - alpha * cost (the answering tier's cost).", "",
+             f"`disrouter train mesh`; val: `{config.val}`; utility = accuracy - alpha * cost (the answering tier's cost).",
+             *(f"{t.key} answers with `{t.answer_model}` (its checkpoint decides)." for t in config.tiers if t.answer_model), "",
              "| arm | alpha | " + " | ".join(f"{t.key} threshold / skip" for t in config.tiers[:-1]) +
              " | mesh utility | accuracy | cost | share by tier | oracle | largest |", "|" + "---|" * (len(config.tiers) + 8)]
     for arm, per_alpha in document["arms"].items():

@@ -27,9 +27,11 @@ Reply = tuple[Task, Answer | MeshError, float]
 
 
 def write_topology(preset: Preset, arm: str, policy: str, prefix: str, path: Path) -> Path:
-    """The mesh's topology for one arm: every tier serves its arm checkpoint with ``policy``; the strongest always answers."""
+    """The mesh's topology for one arm: every tier serves its arm checkpoint with ``policy`` (answering with its
+    ``answer_model`` when it has one); the strongest always answers."""
     models = [
         {"key": t.key, "model": str(t.checkpoint(arm) or t.model), "cost": t.cost, "policy": policy if i < len(preset.tiers) - 1 else "always"}
+        | ({"answer_model": str(answer)} if i < len(preset.tiers) - 1 and (answer := t.answers_with(arm, policy)) else {})
         for i, t in enumerate(preset.tiers)
     ]
     path.write_text(yaml.safe_dump({"mesh": f"quality-{prefix}", "prefix": prefix, "models": models}, sort_keys=False))

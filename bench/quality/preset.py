@@ -7,7 +7,9 @@ The packaged presets (``smoke``, ``full``) live in ``presets/``::
     family: {config: PATH, out: PATH}   # optional: `disrouter train family` builds missing tiers
     topology: PATH              # optional: costs of tiers listed without one, by key
     tiers:                      # cheapest first; the last is the fallback that always answers
-      - {key: small, model: PATH, cost: 0.1, sft: PATH, sftrl: PATH}
+      - {key: small, model: PATH, cost: 0.1, sft: PATH, sftrl: PATH, answer_model: PATH}
+                                # answer_model (optional): these weights write the SFT / SFT+RL probe
+                                # arms' answers, the checkpoint decides (the node's --answer-model)
     tasks:                      # files in the task format, or the ids of one split of a file
       train: {file: PATH, split: train}
       val: {file: PATH, split: val}
@@ -51,6 +53,11 @@ class Tier(_Strict):
     cost: float | None = Field(default=None, ge=0.0)  # None: the preset's topology file gives it
     sft: Path | None = None  # SFT-only checkpoint (with its disrouter-calibration.json)
     sftrl: Path | None = None  # SFT+RL checkpoint
+    answer_model: Path | None = None  # writes the trained probe arms' answers (node --answer-model), e.g. the base model
+
+    def answers_with(self, arm: str, policy: str) -> Path | None:
+        """The node's --answer-model in ``arm`` under ``policy``: only a trained checkpoint under probe has one."""
+        return self.answer_model if policy == "probe" and arm != "untrained" else None
 
     def checkpoint(self, arm: str) -> Path | None:
         """The model folder this tier serves in ``arm``."""
@@ -150,7 +157,7 @@ def _resolve(data: dict, base: Path) -> dict:
 
     data = dict(data)
     data["tiers"] = [
-        {k: absolute(v) if k in ("model", "sft", "sftrl") else v for k, v in tier.items()} if isinstance(tier, dict) else tier
+        {k: absolute(v) if k in ("model", "sft", "sftrl", "answer_model") else v for k, v in tier.items()} if isinstance(tier, dict) else tier
         for tier in data.get("tiers", [])
     ]
     if isinstance(data.get("tasks"), dict):

@@ -180,7 +180,8 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
     payload = {
         "out": str(out),
         "meta": report.meta(started, time.monotonic() - clock, preset.name),
-        "tiers": [{"key": t.key, "cost": t.cost, "model": str(t.model), "sft": t.sft and str(t.sft), "sftrl": t.sftrl and str(t.sftrl)} for t in preset.tiers],
+        "tiers": [{"key": t.key, "cost": t.cost, "model": str(t.model), "sft": t.sft and str(t.sft), "sftrl": t.sftrl and str(t.sftrl),
+                   "answer_model": t.answer_model and str(t.answer_model)} for t in preset.tiers],
         "queries": {split: len(tasks) for split, tasks in splits.items()},
         "rows": rows,
         "runtime_join": joined,
