@@ -27,7 +27,20 @@ from pydantic import ValidationError
 
 from . import tracing
 from .connection import NatsAuth, connect
-from .protocol import Answer, Chunk, Error, ErrorCode, Progress, ProtocolError, Query, decode_reply, encode, is_no_responders, stale_after_headers
+from .protocol import (
+    HEARTBEAT_MISSES,
+    Answer,
+    Chunk,
+    Error,
+    ErrorCode,
+    Progress,
+    ProtocolError,
+    Query,
+    decode_reply,
+    encode,
+    is_no_responders,
+    stale_after_headers,
+)
 from .subjects import DEFAULT_PREFIX, Subjects
 
 
@@ -45,7 +58,6 @@ class MeshError(Exception):
 
 Question = str | list[dict[str, str]]
 
-HEARTBEAT_MISSES = 3  # heartbeat periods of silence after which the holder of a query is taken for dead
 FIRST_CONTACT_S = 5.0  # a send no node acknowledged (no Progress) this long went to a dead or paused node
 OVERLOAD_BACKOFF_S = 0.1  # first wait before retrying `overloaded`; doubles per retry, with jitter
 OVERLOAD_BACKOFF_MAX_S = 2.0

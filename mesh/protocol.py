@@ -41,6 +41,7 @@ HANDOFF_REFUSED = b"-NAK"
 # re-sends, the hand-off's sender tries its next target), and another copy may already be answered.
 STALE_AFTER_HEADER = "Disrouter-Stale-After"
 FRESH_S = 1.0  # how long a message stays fresh (at most half its sender's patience); clocks must agree this well
+HEARTBEAT_MISSES = 3  # heartbeat periods of silence after which a client takes the holder of its query for dead and re-sends
 
 
 def stale_after_headers(headers: dict[str, str] | None, patience_s: float) -> dict[str, str]:
@@ -54,6 +55,8 @@ def is_stale(headers: dict[str, str] | None, now: float | None = None) -> bool:
         return (now or time.time()) > float((headers or {})[STALE_AFTER_HEADER])
     except (KeyError, ValueError):
         return False
+
+
 ROUTING_FIELDS = ("path", "reply_to", "wire")  # the HandOff's own keys in its flat wire map
 
 

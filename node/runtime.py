@@ -16,6 +16,14 @@ Progress heartbeats: while a node holds a query that asked for them (``progress:
 Answer/Error. A client that hears nothing for a few periods knows the holder died and re-sends.
 Plain request/reply clients do not ask for them, so their first reply is the Answer or Error.
 
+At most one final reply per query: a client that asked for heartbeats re-sends once its holder is
+silent for HEARTBEAT_MISSES periods, so a node that may have gone silent that long (paused, its NATS
+connection down) drops the query instead of answering it; so does a node whose connection to NATS
+was re-established after it confirmed a hand-off (the +ACK may not have reached the sender, which
+then answers itself), and a sender whose own connection dropped while a target stayed silent (the
+target may have taken it). Either way the client's re-send gets the one answer. Queries without
+heartbeats keep the old rule: the sender falls back to its next target or answers itself.
+
 Backpressure: a node holds at most ``max_in_flight`` queries (deciding, generating or waiting for a
 hand-off to be confirmed). Beyond that it refuses hand-offs (``-NAK``, so the sender tries its
 next target), and passes a new client request to a live replica or a stronger tier (a Hop with
@@ -41,6 +49,7 @@ from disrouter.mesh.connection import MeshPermissionError
 from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl, retry_while_unavailable
 from disrouter.mesh.protocol import (
     HANDOFF_ACCEPTED,
+    HEARTBEAT_MISSES,
     HANDOFF_REFUSED,
     Answer,
     Chunk,
@@ -103,12 +112,24 @@ class _ChunkStream:
 
 
 @dataclass
+class _Holding:
+    """A query this node answers for, and what tells whether its client may have re-sent it."""
+
+    handoff: HandOff
+    confirmed: bool  # taken as a hand-off: the sender waited for this node's +ACK
+    reconnects: int  # the NATS connection's reconnect count when the node took it
+    beat_at: float = field(default_factory=time.monotonic)  # last Progress published while connected
+    lapsed: str | None = None  # why the client may have re-sent it; once set, for good
+
+
+@dataclass
 class NodeStats:
     answered: int = 0
     forwarded: int = 0
     errors: int = 0
     overflowed: int = 0  # client requests that arrived while the node was full
     refused: int = 0  # hand-offs refused (-NAK) because the node was full
+    dropped: int = 0  # final replies not sent: the client may have re-sent the query (see _lapsed)
     by_decision: dict[str, int] = field(default_factory=dict)
 
 
@@ -136,7 +157,7 @@ class Node:
         self.membership: Membership | None = None
         self._subscriptions: list = []
         self._inflight: set[asyncio.Task] = set()
-        self._held: dict[int, HandOff] = {}  # queries this node is responsible for, by id(handoff)
+        self._held: dict[int, _Holding] = {}  # queries this node is responsible for, by id(handoff)
         self._overflowing = 0  # client requests being passed on because the node is full
         self._heartbeats: asyncio.Task | None = None
         self._stall_watch: asyncio.Task | None = None
@@ -238,9 +259,24 @@ class Node:
 
     # --- holding queries: the in-flight bound and progress heartbeats -------------------------
 
-    def _hold(self, handoff: HandOff) -> None:
-        self._held[id(handoff)] = handoff
+    def _hold(self, handoff: HandOff, confirmed: bool) -> None:
+        self._held[id(handoff)] = _Holding(handoff, confirmed, self._reconnects())
         self.card.load = len(self._held)
+
+    def _reconnects(self) -> int:
+        return self.nc.stats["reconnects"]
+
+    def _lapsed(self, handoff: HandOff) -> str | None:
+        """Why the client may have re-sent this query (a final reply now could be its second); None if it cannot have."""
+        holding = self._held.get(id(handoff))
+        if holding is None or not handoff.query.progress:
+            return None  # without heartbeats the client never re-sends on silence
+        if holding.lapsed is None:
+            if holding.confirmed and self._reconnects() != holding.reconnects:
+                holding.lapsed = "reconnected_after_ack"
+            elif time.monotonic() - holding.beat_at > (HEARTBEAT_MISSES - 0.25) * self.settings.heartbeat_s:
+                holding.lapsed = "silent_too_long"  # paused, or the loop starved: the client's stall timer ran out
+        return holding.lapsed
 
     def _release(self, handoff: HandOff) -> None:
         """This node no longer answers for the query (answered, failed, or handed on): stop its heartbeats."""
@@ -248,21 +284,25 @@ class Node:
             self.card.load = len(self._held)
 
     async def _progress(self, handoff: HandOff) -> None:
-        if not handoff.query.progress:
+        # no beat for a lapsed query (its client waits on a re-send), none buffered while reconnecting (it would come late)
+        if not handoff.query.progress or self._lapsed(handoff) or not self.nc.is_connected:
             return
         beat = Progress(id=handoff.query.id, node_id=self.card.node_id, hops=len(handoff.path), every=self.settings.heartbeat_s)
         try:
             await self.nc.publish(handoff.reply_to, encode(beat, handoff.wire))
-        except Exception as exc:  # reconnecting: the next beat may get through
+        except Exception as exc:  # the connection dropped: the next beat may get through
             self._log.debug("progress_failed", error=str(exc))
+            return
+        if (holding := self._held.get(id(handoff))) is not None:
+            holding.beat_at = time.monotonic()
 
     async def _heartbeat_loop(self) -> None:
         """One timer for all held queries: a Progress to each that asked for them, every heartbeat_s."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            for handoff in list(self._held.values()):
-                if id(handoff) in self._held:
-                    await self._progress(handoff)
+            for holding in list(self._held.values()):
+                if id(holding.handoff) in self._held:
+                    await self._progress(holding.handoff)
 
     async def _watch_stalls(self) -> None:
         """Note when the process wakes from a pause: the loop ran nothing for STALL_S seconds."""
@@ -311,7 +351,7 @@ class Node:
         if full:
             await self._overflow(handoff)
             return
-        self._hold(handoff)  # no await since the check above: the bound is exact
+        self._hold(handoff, confirm)  # no await since the check above: the bound is exact
         try:
             if confirm:
                 await self._respond(msg, HANDOFF_ACCEPTED)
@@ -363,7 +403,7 @@ class Node:
         try:
             started = time.perf_counter()
             targets = self.routing.overflow_targets(handoff, self.card, self._live())
-            if not await self._hand_off(handoff, self._hop(started), targets):
+            if await self._hand_off(handoff, self._hop(started), targets) == "declined":
                 await self._send(handoff, self._overloaded(handoff))
         finally:
             self._overflowing -= 1
@@ -401,7 +441,7 @@ class Node:
             decision = await self._decide(handoff, live, stream, started)
             if decision.reject:
                 targets = self.routing.targets(handoff, self.card, live, skip=decision.skip)
-                if await self._hand_off(handoff, self._hop(started, decision), targets):
+                if await self._hand_off(handoff, self._hop(started, decision), targets) != "declined":
                     return
                 self._log.warning("no_peer_took_query", tried=[t.model_key for t in targets])
                 decision = await self.policy.answer(self._timed, handoff.query, stream and stream.send, rejected=decision)
@@ -469,12 +509,14 @@ class Node:
 
     # --- carrying it out: hand-off, final message ----------------------------------------------
 
-    async def _hand_off(self, handoff: HandOff, hop: Hop, targets: list[Target]) -> bool:
-        """Give the query to the first target that confirms it; False if none did."""
+    async def _hand_off(self, handoff: HandOff, hop: Hop, targets: list[Target]) -> str:
+        """Give the query to the first target that confirms it: ``accepted``, ``declined`` (none did) or
+        ``uncertain`` (a target stayed silent while this node's connection dropped: it may hold the query)."""
         payload = encode(handoff.then(hop))
         for target in targets:
             if handoff.query.expired():
-                return False
+                return "declined"
+            reconnects = self._reconnects()
             with tracing.span("hand-off", kind="client", target=target.model_key, decision=hop.decision):
                 outcome = await self._offer(handoff, target, payload)
                 tracing.annotate(outcome=outcome)
@@ -484,8 +526,13 @@ class Node:
                 self.stats.forwarded += 1
                 self._finished(hop)
                 self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
-                return True
-        return False
+                return "accepted"
+            lost_ack = not self.nc.is_connected or self._reconnects() != reconnects
+            if outcome == "silent" and lost_ack and handoff.query.progress:  # the client re-sends if nobody took it
+                self._release(handoff)
+                self._log.warning("handoff_uncertain", target=target.model_key)
+                return "uncertain"
+        return "declined"
 
     async def _offer(self, handoff: HandOff, target: Target, payload: bytes) -> str:
         """Ask one target to take the query: ``accepted``, ``refused``, ``absent``, ``silent`` or ``denied``."""
@@ -510,7 +557,14 @@ class Node:
         await self._send(handoff, Error.of(code, message, handoff.query.id, handoff.path))
 
     async def _send(self, handoff: HandOff, message: Answer | Error) -> None:
+        lapsed = self._lapsed(handoff)
+        if not lapsed and id(handoff) in self._held and handoff.query.progress and not self.nc.is_connected:
+            lapsed = "disconnected"  # published now, it would reach the client after the reconnect, maybe after a re-send
         self._release(handoff)  # no heartbeat after the final message
+        if lapsed:  # the client has re-sent it, or will: its re-send gets the one answer
+            self.stats.dropped += 1
+            self._log.warning("reply_dropped", reason=lapsed)
+            return
         if isinstance(message, Error):
             self.stats.errors += 1
             self.metrics.on_error(message.error.code.value)

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgpack
 import pytest
 from conftest import wait_for
 from instant_nodes import InstantMesh, start_cli_node, stop_process
@@ -55,7 +56,10 @@ async def test_a_paused_replica_costs_seconds_and_no_call_outlives_its_timeout(n
         assert (await client.ask("warm", timeout=10)).text
         for paused in (procs[0], procs[2]):
             os.kill(paused.pid, signal.SIGSTOP)
-        timeout = 12.0
+        # Each send reaches the paused entry with probability 1/2 and costs 1.5 s there, so a call needs
+        # 2 + 1.5 k s with probability 2^-k: at T = 20 s a false failure is about 12 calls x 2^-12.
+        # (At T = 12 s it was about 5% of runs: 8 sends in a row to the paused replica was seen in CI.)
+        timeout = 20.0
 
         async def timed(i: int) -> float:
             started = time.monotonic()
@@ -76,6 +80,47 @@ async def test_a_paused_replica_costs_seconds_and_no_call_outlives_its_timeout(n
         for proc in procs:
             os.kill(proc.pid, signal.SIGCONT)
             await stop_process(proc)
+
+
+async def test_a_node_paused_while_holding_a_query_drops_its_late_answer(nats_url: str) -> None:
+    """Entry S (in this process) hands ``#reject`` to middle M (a process), which waits on a paused
+    large L. M is paused for 3 s while it holds the query: the client hears no heartbeat, re-sends,
+    and S answers the re-send itself (no tier above it confirms). When M wakes and its own wait on L
+    ends, its answer would be the query's second one: M drops it instead (its heartbeat lease lapsed)."""
+    mesh = InstantMesh(nats_url, registry_ttl_s=20.0)
+    prefix = mesh.prefix
+    m = await start_cli_node(nats_url, prefix, "middle", 0.5, "mid", "--policy", "generate", "--heartbeat", "0.5",
+                             "--handoff-timeout", "6", registry_ttl_s=20.0)
+    large = await start_cli_node(nats_url, prefix, "large", 0.9, "big", "--policy", "always", registry_ttl_s=20.0)
+    try:
+        await registered(nats_url, prefix, {"mid", "big"})
+        s = await mesh.add("small", 0.1, entry=True, node_id="entry")
+        await wait_for(lambda: {"mid", "big"} <= {c.node_id for c in s.membership.live()}, 20, "S to see M and L")
+        client = await MeshClient.connect(nats_url, prefix, inbox_prefix="_INBOX.lapse")
+        wire = WireCount()
+        beats_from: set[str] = set()
+
+        async def tap(msg) -> None:  # noqa: ANN001
+            if wire.record(msg.subject, msg.data) is None and b"progress" in msg.data:
+                beats_from.add(msgpack.unpackb(msg.data)["node_id"])
+
+        await client.nc.subscribe("_INBOX.lapse.>", cb=tap)
+        os.kill(large.pid, signal.SIGSTOP)
+        asking = asyncio.create_task(client.ask("#reject hold me", timeout=30, stall_timeout=1.5))
+        await wait_for(lambda: "mid" in beats_from, 10, "M to hold the query")
+        os.kill(m.pid, signal.SIGSTOP)
+        await asyncio.sleep(3.0)
+        os.kill(m.pid, signal.SIGCONT)
+        answer = await asking
+        await asyncio.sleep(8.0)  # M's wait on L (6 s from when it took the query) is over: a late answer would be here
+        assert answer.node_id == "entry" and client.resends >= 1
+        assert wire.duplicated_per_send == 0 and wire.answered_again == 0, dict(wire.answers)
+        await client.close()
+    finally:
+        for proc in (m, large):
+            os.kill(proc.pid, signal.SIGCONT)
+            await stop_process(proc)
+        await mesh.close()
 
 
 async def test_a_call_to_a_mesh_whose_only_node_hangs_ends_at_its_timeout(nats_url: str) -> None:
