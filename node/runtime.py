@@ -563,6 +563,7 @@ class Node:
         self._release(handoff)  # no heartbeat after the final message
         if lapsed:  # the client has re-sent it, or will: its re-send gets the one answer
             self.stats.dropped += 1
+            self.metrics.on_dropped(lapsed)
             self._log.warning("reply_dropped", reason=lapsed)
             return
         if isinstance(message, Error):

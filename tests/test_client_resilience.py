@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -89,8 +90,9 @@ async def test_a_node_paused_while_holding_a_query_drops_its_late_answer(nats_ur
     ends, its answer would be the query's second one: M drops it instead (its heartbeat lease lapsed)."""
     mesh = InstantMesh(nats_url, registry_ttl_s=20.0)
     prefix = mesh.prefix
+    port = free_port()
     m = await start_cli_node(nats_url, prefix, "middle", 0.5, "mid", "--policy", "generate", "--heartbeat", "0.5",
-                             "--handoff-timeout", "6", registry_ttl_s=20.0)
+                             "--handoff-timeout", "6", "--http-port", str(port), registry_ttl_s=20.0)
     large = await start_cli_node(nats_url, prefix, "large", 0.9, "big", "--policy", "always", registry_ttl_s=20.0)
     try:
         await registered(nats_url, prefix, {"mid", "big"})
@@ -115,6 +117,8 @@ async def test_a_node_paused_while_holding_a_query_drops_its_late_answer(nats_ur
         await asyncio.sleep(8.0)  # M's wait on L (6 s from when it took the query) is over: a late answer would be here
         assert answer.node_id == "entry" and client.resends >= 1
         assert wire.duplicated_per_send == 0 and wire.answered_again == 0, dict(wire.answers)
+        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        assert 'disrouter_dropped_replies_total{model="middle",node="mid",reason="silent_too_long"} 1.0' in metrics
         await client.close()
     finally:
         for proc in (m, large):
