@@ -25,6 +25,7 @@ from .subjects import Subjects
 log = structlog.get_logger("disrouter.mesh.membership")
 
 DEFAULT_REGISTRY_TTL_S = 10.0
+HEARTBEAT_RETRY_S = 0.5  # after a failed heartbeat, the next try comes this soon (not a whole interval later)
 START_RETRY_S = 30.0  # how long joining retries while JetStream is unavailable (e.g. a cluster electing leaders)
 
 
@@ -212,25 +213,35 @@ class Membership:
         return sorted(cards, key=lambda c: (c.cost, c.node_id))
 
     async def _heartbeat(self) -> None:
+        """Re-put the card every interval; after a failed beat try again every HEARTBEAT_RETRY_S, so the
+        card outlives a leader election or failover that ends within the TTL."""
+        wait = self.heartbeat_interval
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(wait)
+            wait = self.heartbeat_interval if await self._beat() else min(HEARTBEAT_RETRY_S, self.heartbeat_interval)
+
+    async def _beat(self) -> bool:
+        """One heartbeat; False when it failed (logged)."""
+        try:
+            previous = self._put_revision
+            await self.publish()
+            await self._heal_watcher(previous)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except (NoStreamResponseError, BucketNotFoundError, NotFoundError) as exc:
+            # The bucket is gone (e.g. a restarted nats-server whose memory store was lost): recreate it.
+            log.warning("registry_lost", error=str(exc) or type(exc).__name__)
             try:
-                previous = self._put_revision
-                await self.publish()
-                await self._heal_watcher(previous)
+                await self._reopen()
+                return True
             except asyncio.CancelledError:
                 raise
-            except (NoStreamResponseError, BucketNotFoundError, NotFoundError) as exc:
-                # The bucket is gone (e.g. a restarted nats-server whose memory store was lost): recreate it.
-                log.warning("registry_lost", error=str(exc) or type(exc).__name__)
-                try:
-                    await self._reopen()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as again:  # NATS still recovering: try at the next heartbeat
-                    log.warning("registry_reopen_failed", error=str(again) or type(again).__name__)
-            except Exception as exc:  # NATS reconnecting: keep trying, the TTL is the judge
-                log.warning("registry_heartbeat_failed", error=str(exc))
+            except Exception as again:  # NATS still recovering: try again soon
+                log.warning("registry_reopen_failed", error=str(again) or type(again).__name__)
+        except Exception as exc:  # NATS reconnecting: keep trying, the TTL is the judge
+            log.warning("registry_heartbeat_failed", error=str(exc))
+        return False
 
     async def _heal_watcher(self, previous: int) -> None:
         """Restart the watcher if it did not deliver this node's previous heartbeat (one interval
