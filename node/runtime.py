@@ -49,8 +49,8 @@ from disrouter.mesh.connection import MeshPermissionError
 from disrouter.mesh.membership import Membership, NodeCard, open_registry, registry_ttl, retry_while_unavailable
 from disrouter.mesh.protocol import (
     HANDOFF_ACCEPTED,
-    HEARTBEAT_MISSES,
     HANDOFF_REFUSED,
+    HEARTBEAT_MISSES,
     Answer,
     Chunk,
     Error,
