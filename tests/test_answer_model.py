@@ -116,7 +116,7 @@ async def test_a_topology_entry_with_answer_model_serves_the_base_answer_and_sho
     topology = tmp_path / "topology.yaml"
     topology.write_text(yaml.safe_dump({"prefix": prefix, "models": [
         {"key": "family-m", "model": "family-m-sftrl", "cost": 0.348, "policy": "probe", "answer_model": "family-m"}]}))
-    chats = questions()[4:6]  # val 12 and 13: the trained m answers the first differently
+    chats = questions()[9:11]  # val 17 and 18: the trained m (re-tuned checkpoints) answers the first differently
     base_texts, _ = await own_answers("family-m", chats)
     assert base_texts != (await own_answers("family-m-sftrl", chats))[0]
     proc = await asyncio.create_subprocess_exec(
