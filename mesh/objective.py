@@ -4,7 +4,8 @@ alpha weighs cost against accuracy: the system utility is ``accuracy - alpha * c
 trained for a scenario learns when to answer and when to reject (forward to a stronger model):
 
 - SFT label: reject when the base model's competence p (its chance of answering correctly)
-  is below ``1 - alpha`` (``should_reject``).
+  is below ``1 - alpha`` (``should_reject``). Mesh-aware option (``should_reject_in_mesh``,
+  ``mesh_reward``): answer anyway when no tier above does better on the task (hopeless above).
 - RL reward per query: 1 correct, 0 wrong, ``(1 - alpha) ** gamma`` for a rejection
   (``reward``), so answering pays in expectation when p exceeds ``(1 - alpha) ** gamma``
   (``answer_pays_threshold``). The two boundaries differ (0.8 vs 0.894 at alpha 0.2); each
@@ -77,6 +78,18 @@ def should_reject(competence: float, alpha: float) -> bool:
     return competence < 1.0 - alpha - LABEL_TOLERANCE
 
 
+def forwarding_helps(competence: float, ceiling: float) -> bool:
+    """Whether a tier above can do better on a task: ``ceiling`` (the best competence among the tiers
+    above) beats this tier's own ``competence`` by more than LABEL_TOLERANCE."""
+    return ceiling > competence + LABEL_TOLERANCE
+
+
+def should_reject_in_mesh(competence: float, alpha: float, ceiling: float) -> bool:
+    """The mesh-aware SFT label: the paper's (``should_reject``), except that a tier answers a task no
+    tier above does better on (``forwarding_helps`` false): there its own answer is the cheapest one."""
+    return should_reject(competence, alpha) and forwarding_helps(competence, ceiling)
+
+
 def reject_reward(alpha: float, gamma: float = DEFAULT_GAMMA) -> float:
     """What a rejection earns: (1 - alpha) ** gamma."""
     return (1.0 - alpha) ** gamma
@@ -91,6 +104,12 @@ def reward(rejected: bool, correct: float, alpha: float, gamma: float = DEFAULT_
     """The paper's reward of one decision: ``correct`` (1 right, 0 wrong, or an expected
     correctness) when answered, (1 - alpha) ** gamma when rejected."""
     return reject_reward(alpha, gamma) if rejected else float(correct)
+
+
+def mesh_reward(rejected: bool, correct: float, alpha: float, gamma: float = DEFAULT_GAMMA, forward_helps: bool = True) -> float:
+    """The RL reward in a mesh: the paper's (``reward``), except that rejecting a task no tier above does
+    better on earns 0, a wrong answer's reward, so it never earns more than answering."""
+    return 0.0 if rejected and not forward_helps else reward(rejected, correct, alpha, gamma)
 
 
 def utility(decisions: Sequence[tuple[bool, float]], alpha: float, gamma: float = DEFAULT_GAMMA) -> float:

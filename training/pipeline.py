@@ -56,7 +56,10 @@ class TrainConfig:
     def section(self, stage: Stage) -> dict[str, Any]:
         """A stage's settings with the run-wide ones (alphas, gamma) it takes."""
         shared = {"alphas": self.alphas, "gamma": self.gamma}
-        return {**self.sections[stage], **{key: shared[key] for key in _SHARED.get(stage, ())}}
+        section = {**self.sections[stage], **{key: shared[key] for key in _SHARED.get(stage, ())}}
+        if section.get("ceiling_probe"):  # a path relative to the config file, as tasks.file
+            section["ceiling_probe"] = str(self.base_dir / section["ceiling_probe"])
+        return section
 
     @classmethod
     def load(cls, path: str | Path, out: str | Path | None = None) -> TrainConfig:

@@ -20,6 +20,7 @@ from disrouter.node.prompts import is_reject, with_scenario
 
 from .config import TrainingConfigError, config_from_dict
 from .graders import grade
+from .mesh_labels import load_ceiling
 from .probe import ProbeRecord
 from .stage import TrainingStage
 from .tasks import Task
@@ -43,6 +44,7 @@ class RLStageConfig:
     merge: bool = True
     seed: int = 0
     max_prompts: int | None = None
+    ceiling_probe: str | None = None  # probe folder of the strongest tier: mesh-aware reward (objective.mesh_reward); None: the paper's
 
     def __post_init__(self) -> None:
         try:
@@ -75,15 +77,18 @@ class RLStageConfig:
         return config_from_dict(cls, data, "rl")
 
 
-def reward(task: Task, completion: str, alpha: float, gamma: float) -> float:
-    """The paper's reward (``objective.reward``) of one completion, graded against ``task``."""
-    return objective.reward(is_reject(completion), float(grade(task, completion)), alpha, gamma)
+def reward(task: Task, completion: str, alpha: float, gamma: float, forward_helps: bool = True) -> float:
+    """The reward of one completion, graded against ``task``: the paper's (``objective.reward``), or
+    with ``forward_helps`` false the mesh's (``objective.mesh_reward``: rejecting earns 0)."""
+    return objective.mesh_reward(is_reject(completion), float(grade(task, completion)), alpha, gamma, forward_helps)
 
 
-def build_rl_prompts(records: list[ProbeRecord], config: RLStageConfig, count: int | None = None) -> list[dict]:
-    """GRPO dataset rows (``prompt`` = the scenario chat, ``task`` = the task JSON, ``alpha``, ``id``):
-    the records (at most ``max_prompts``) repeated until there are ``count`` rows, each repetition
-    drawing a fresh alpha per prompt; deterministic for a given seed."""
+def build_rl_prompts(records: list[ProbeRecord], config: RLStageConfig, count: int | None = None,
+                     ceiling: dict[str, float] | None = None) -> list[dict]:
+    """GRPO dataset rows (``prompt`` = the scenario chat, ``task`` = the task JSON, ``alpha``, ``id``,
+    ``forward_helps``: False where ``ceiling``, the strongest tier's competence by id, is no better than
+    the record's own): the records (at most ``max_prompts``) repeated until there are ``count`` rows,
+    each repetition drawing a fresh alpha per prompt; deterministic for a given seed."""
     rng = random.Random(f"{config.seed}:rl")
     chosen = sorted(records, key=lambda r: r.id)
     rng.shuffle(chosen)
@@ -95,7 +100,8 @@ def build_rl_prompts(records: list[ProbeRecord], config: RLStageConfig, count: i
         for record in chosen:
             alpha = rng.choice(config.alphas)
             prompt = with_scenario(record.task.prompt_messages(), alpha, demonstrations=False)
-            rows.append({"prompt": prompt, "task": record.task.model_dump_json(), "alpha": alpha, "id": record.id})
+            helps = ceiling is None or objective.forwarding_helps(record.competence, ceiling[record.id])
+            rows.append({"prompt": prompt, "task": record.task.model_dump_json(), "alpha": alpha, "id": record.id, "forward_helps": helps})
     return rows
 
 
@@ -116,7 +122,8 @@ def make_reward_function(gamma: float) -> Callable[..., list[float]]:
 
     def disrouter_reward(prompts: list, completions: list, task: list[str], alpha: list[float], **kwargs: Any) -> list[float]:
         texts = [_text(c) for c in completions]
-        rewards = [reward(_task(t), text, a, gamma) for t, text, a in zip(task, texts, alpha, strict=True)]
+        helps = kwargs.get("forward_helps") or [True] * len(texts)
+        rewards = [reward(_task(t), text, a, gamma, h) for t, text, a, h in zip(task, texts, alpha, helps, strict=True)]
         log_metric = kwargs.get("log_metric")
         if log_metric is not None and texts:
             rejects = [is_reject(text) for text in texts]
@@ -135,7 +142,8 @@ class RLStage(TrainingStage):
 
     def rows(self) -> list[dict]:
         config = self.config
-        return build_rl_prompts(self.records, config, count=config.max_steps * config.batch_size // config.num_generations)
+        ceiling = load_ceiling(config.ceiling_probe, self.records) if config.ceiling_probe else None
+        return build_rl_prompts(self.records, config, count=config.max_steps * config.batch_size // config.num_generations, ceiling=ceiling)
 
     def no_rows_message(self) -> str:
         return "no training records (the train split is empty)"

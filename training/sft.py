@@ -16,10 +16,11 @@ from typing import Any
 
 import structlog
 
-from disrouter.mesh.objective import DEFAULT_ALPHAS, check_alphas, should_reject
+from disrouter.mesh.objective import DEFAULT_ALPHAS, check_alphas, should_reject, should_reject_in_mesh
 from disrouter.node.prompts import REJECT_PHRASE, with_scenario
 
 from .config import TrainingConfigError, config_from_dict
+from .mesh_labels import load_ceiling
 from .probe import ProbeRecord
 from .stage import TrainingStage
 
@@ -44,6 +45,7 @@ class SFTStageConfig:
     seed: int = 0
     balance: bool = True  # downsample the majority of accept / reject examples per alpha
     max_examples: int | None = None
+    ceiling_probe: str | None = None  # probe folder of the strongest tier: mesh-aware labels (should_reject_in_mesh); None: the paper's
 
     def __post_init__(self) -> None:
         try:
@@ -74,9 +76,11 @@ class SFTStageConfig:
         return config_from_dict(cls, data, "sft")
 
 
-def _answer_target(record: ProbeRecord, alpha: float, seed: int) -> str | None:
-    """One of the record's correct samples, chosen by seed; finished ones before cut-off ones."""
-    correct = [s for s in record.samples if s.correct and not s.reject and s.text.strip()]
+def _answer_target(record: ProbeRecord, alpha: float, seed: int, own: bool = False) -> str | None:
+    """One of the record's correct samples, chosen by seed; finished ones before cut-off ones. ``own``:
+    any of its own answers when none is correct (a task the mesh labels answer though hopeless)."""
+    correct = [s for s in record.samples if (s.correct or own) and not s.reject and s.text.strip()]
+    correct = [s for s in correct if s.correct] or correct
     finished = [s for s in correct if s.finish_reason != "length"]
     pool = finished or correct
     if not pool:
@@ -95,16 +99,20 @@ def _balanced(accept: list[dict], reject: list[dict], rng: random.Random) -> lis
     return cut(accept) + cut(reject)
 
 
-def build_sft_examples(records: list[ProbeRecord], config: SFTStageConfig) -> list[dict]:
+def build_sft_examples(records: list[ProbeRecord], config: SFTStageConfig, ceiling: dict[str, float] | None = None) -> list[dict]:
     """Conversational prompt/completion rows, one per (record, alpha) kept, with ``id``, ``alpha``
-    and ``reject`` metadata; deterministic for a given seed."""
+    and ``reject`` metadata; deterministic for a given seed. ``ceiling`` (competence of the strongest
+    tier by id) switches to the mesh-aware label."""
     examples: list[dict] = []
     for alpha in config.alphas:
         accept: list[dict] = []
         reject: list[dict] = []
         for record in sorted(records, key=lambda r: r.id):
-            rejects = should_reject(record.competence, alpha)
-            target = REJECT_PHRASE if rejects else _answer_target(record, alpha, config.seed)
+            if ceiling is None:
+                rejects = should_reject(record.competence, alpha)
+            else:
+                rejects = should_reject_in_mesh(record.competence, alpha, ceiling[record.id])
+            target = REJECT_PHRASE if rejects else _answer_target(record, alpha, config.seed, own=ceiling is not None)
             if target is None:
                 continue  # labelled accept but no correct sample to imitate (cannot happen when p > 0)
             row = {
@@ -134,7 +142,8 @@ class SFTStage(TrainingStage):
     progress_keys = ("loss", "learning_rate")
 
     def rows(self) -> list[dict]:
-        return build_sft_examples(self.records, self.config)
+        probe = self.config.ceiling_probe
+        return build_sft_examples(self.records, self.config, load_ceiling(probe, self.records) if probe else None)
 
     def no_rows_message(self) -> str:
         return (f"no training examples from {len(self.records)} records: every alpha lacks accept or reject "

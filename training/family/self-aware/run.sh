@@ -9,6 +9,7 @@ HERE=training/family/self-aware
 step() {  # step NAME COMMAND...: run it, append its wall time to TIMES
   local start=$SECONDS; "${@:2}"; echo "$1 $((SECONDS - start)) s" | tee -a "$TIMES"
 }
+disrouter train probe --config training/configs/family-probe-l.yaml  # tier l on sa-train: the ceiling of the mesh-aware labels (ceiling_probe); resumes
 for tier in "${@:-s m}"; do
   for t in $tier; do
     cfg=training/configs/family-sa-$t.yaml out=runs/family-sa/$t dest=$HERE/$t
