@@ -266,8 +266,9 @@ class Node:
     def _reconnects(self) -> int:
         return self.nc.stats["reconnects"]
 
-    def _lapsed(self, handoff: HandOff) -> str | None:
-        """Why the client may have re-sent this query (a final reply now could be its second); None if it cannot have."""
+    def _lapsed(self, handoff: HandOff, *, final: bool = False) -> str | None:
+        """Why the client may have re-sent this query (a final reply now could be its second); None if it cannot have.
+        ``final``: also while disconnected (a final reply published now would reach the client after the reconnect)."""
         holding = self._held.get(id(handoff))
         if holding is None or not handoff.query.progress:
             return None  # without heartbeats the client never re-sends on silence
@@ -276,6 +277,8 @@ class Node:
                 holding.lapsed = "reconnected_after_ack"
             elif time.monotonic() - holding.beat_at > (HEARTBEAT_MISSES - 0.25) * self.settings.heartbeat_s:
                 holding.lapsed = "silent_too_long"  # paused, or the loop starved: the client's stall timer ran out
+        if final and holding.lapsed is None and not self.nc.is_connected:
+            return "disconnected"
         return holding.lapsed
 
     def _release(self, handoff: HandOff) -> None:
@@ -557,9 +560,7 @@ class Node:
         await self._send(handoff, Error.of(code, message, handoff.query.id, handoff.path))
 
     async def _send(self, handoff: HandOff, message: Answer | Error) -> None:
-        lapsed = self._lapsed(handoff)
-        if not lapsed and id(handoff) in self._held and handoff.query.progress and not self.nc.is_connected:
-            lapsed = "disconnected"  # published now, it would reach the client after the reconnect, maybe after a re-send
+        lapsed = self._lapsed(handoff, final=True)
         self._release(handoff)  # no heartbeat after the final message
         if lapsed:  # the client has re-sent it, or will: its re-send gets the one answer
             self.stats.dropped += 1

@@ -79,8 +79,8 @@ class SFTStageConfig:
 def _answer_target(record: ProbeRecord, alpha: float, seed: int, own: bool = False) -> str | None:
     """One of the record's correct samples, chosen by seed; finished ones before cut-off ones. ``own``:
     any of its own answers when none is correct (a task the mesh labels answer though hopeless)."""
-    correct = [s for s in record.samples if (s.correct or own) and not s.reject and s.text.strip()]
-    correct = [s for s in correct if s.correct] or correct
+    usable = [s for s in record.samples if not s.reject and s.text.strip()]
+    correct = [s for s in usable if s.correct] or (usable if own else [])
     finished = [s for s in correct if s.finish_reason != "length"]
     pool = finished or correct
     if not pool:
