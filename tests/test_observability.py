@@ -244,6 +244,8 @@ async def test_one_trace_covers_client_entry_and_every_hop(instant: InstantMesh)
     tracing.enable(provider)
     try:
         answer = await client.ask("#reject who was the mayor of Ulm in 1712?", timeout=20)
+        # t3 answers the client directly: t1 and t2 may still be reading their +ACK, their hop spans open
+        await wait_for(lambda: all(node.inflight == 0 for node in instant.nodes), 5, "every node to finish with the query")
     finally:
         tracing.disable()
     assert [(h.model, h.decision) for h in answer.path] == [("t1", "reject"), ("t2", "reject"), ("t3", "forced")]
