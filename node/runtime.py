@@ -20,8 +20,8 @@ At most one final reply per query: a client that asked for heartbeats re-sends o
 silent for HEARTBEAT_MISSES periods, so a node that may have gone silent that long (paused, its NATS
 connection down) drops the query instead of answering it; so does a node whose connection to NATS
 was re-established after it confirmed a hand-off (the +ACK may not have reached the sender, which
-then answers itself), and a sender whose own connection dropped while a target stayed silent (the
-target may have taken it). Either way the client's re-send gets the one answer. Queries without
+then answers itself), and a sender whose own connection dropped, or that was paused, while a target
+stayed silent (the target may have taken it: its +ACK can sit unread when the timer fires). Either way the client's re-send gets the one answer. Queries without
 heartbeats keep the old rule: the sender falls back to its next target or answers itself.
 
 Backpressure: a node holds at most ``max_in_flight`` queries (deciding, generating or waiting for a
@@ -514,7 +514,7 @@ class Node:
 
     async def _hand_off(self, handoff: HandOff, hop: Hop, targets: list[Target]) -> str:
         """Give the query to the first target that confirms it: ``accepted``, ``declined`` (none did) or
-        ``uncertain`` (a target stayed silent while this node's connection dropped: it may hold the query)."""
+        ``uncertain`` (a target stayed silent while this node's connection dropped or it was paused: it may hold the query)."""
         payload = encode(handoff.then(hop))
         for target in targets:
             if handoff.query.expired():
@@ -530,12 +530,20 @@ class Node:
                 self._finished(hop)
                 self._log.info("forwarded", target=target.model_key, ms=round(hop.ms, 1))
                 return "accepted"
-            lost_ack = not self.nc.is_connected or self._reconnects() != reconnects
-            if outcome == "silent" and lost_ack and handoff.query.progress:  # the client re-sends if nobody took it
-                self._release(handoff)
-                self._log.warning("handoff_uncertain", target=target.model_key)
+            if outcome == "silent" and handoff.query.progress and (reason := self._ack_may_be_lost(handoff, reconnects)):
+                self._release(handoff)  # the client re-sends if nobody took it
+                self._dropped(reason, target=target.model_key)
                 return "uncertain"
         return "declined"
+
+    def _ack_may_be_lost(self, handoff: HandOff, reconnects: int) -> str | None:
+        """Why a silent target's +ACK may have come and gone unread (the connection dropped, or this node was
+        paused: the timer fires before the buffered reply is read); None when the silence is the target's."""
+        if lapsed := self._lapsed(handoff):
+            return lapsed
+        if not self.nc.is_connected or self._reconnects() != reconnects:
+            return "reconnected_during_offer"
+        return "paused_during_offer" if self._waking() else None
 
     async def _offer(self, handoff: HandOff, target: Target, payload: bytes) -> str:
         """Ask one target to take the query: ``accepted``, ``refused``, ``absent``, ``silent`` or ``denied``."""
@@ -563,9 +571,7 @@ class Node:
         lapsed = self._lapsed(handoff, final=True)
         self._release(handoff)  # no heartbeat after the final message
         if lapsed:  # the client has re-sent it, or will: its re-send gets the one answer
-            self.stats.dropped += 1
-            self.metrics.on_dropped(lapsed)
-            self._log.warning("reply_dropped", reason=lapsed)
+            self._dropped(lapsed)
             return
         if isinstance(message, Error):
             self.stats.errors += 1
@@ -576,6 +582,12 @@ class Node:
             await self.nc.publish(handoff.reply_to, encode(message, handoff.wire))
         except Exception as exc:
             self._log.warning("reply_failed", error=str(exc))
+
+    def _dropped(self, reason: str, **where: str) -> None:
+        """This node will send no final reply to a query it held: counted, logged (see _lapsed)."""
+        self.stats.dropped += 1
+        self.metrics.on_dropped(reason)
+        self._log.warning("reply_dropped", reason=reason, **where)
 
     async def _respond(self, msg: Msg, payload: bytes) -> None:
         try:
