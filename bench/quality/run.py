@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from disrouter.local.nats_server import NatsServer
 from disrouter.training.tasks import Task
 
-from . import baselines, cascade, centralized, readme, report
+from . import baselines, cascade, centralized, readme, report, uncertainty
 from .embed import Embedder
 from .family import ensure_family
 from .headline import headline
@@ -38,9 +38,10 @@ def progress_bar(console: Console) -> Progress:
 
 
 def row(split: str, pool: str, alpha: float, method: str, outcomes: Sequence[Outcome] | None, tiers: Sequence[str], status: str = "ok") -> dict[str, Any]:
-    """One results row; ``outcomes`` None gives a row with the status and no figures."""
+    """One results row; ``outcomes`` None gives a row with the status and no figures. The row carries its
+    outcomes until ``uncertainty.annotate`` turns them into ``utility_ci95``."""
     figures = summarise(outcomes, alpha, tiers) if outcomes is not None else {}
-    return {"split": split, "pool": pool, "alpha": alpha, "method": method, "status": status, **figures}
+    return {"split": split, "pool": pool, "alpha": alpha, "method": method, "status": status, **figures, "outcomes": outcomes}
 
 
 def all_labels(preset: Preset, splits: dict[str, list[Task]], out: Path, console: Console) -> Labels:
@@ -174,6 +175,7 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
     rows = timed("offline", lambda: offline_rows(preset, splits, methods))
     mesh_rows, joined = timed("live", lambda: live_rows(preset, splits, labels, out, console))
     rows += mesh_rows
+    comparisons = uncertainty.annotate(rows)
     details["phase_seconds"] = phases
     frontiers = {(split, pool): baselines.oracle_frontier(splits[split], labels, members)
                  for split in EVAL_SPLITS for pool, members in preset.pools().items()}
@@ -187,6 +189,7 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
         "runtime_join": joined,
         "details": details,
         "headline": headline(rows),
+        "comparisons": comparisons,
     }
     report.write_json(out, payload)
     payload["plots"] = report.plots(out, rows, frontiers)
