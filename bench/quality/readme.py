@@ -1,4 +1,4 @@
-"""The README's routing-quality block (headline, utility table, targets), generated from results.json.
+"""The README's routing-quality block (headline, utility table, targets, paired-bootstrap differences), generated from results.json.
 
 ``disrouter bench quality --out DIR --readme README.md`` rewrites it after a run, and with
 ``--report-only`` from the results already in DIR; a test checks the README and the committed
@@ -15,6 +15,7 @@ from disrouter.bench.readme_table import between, replace_between
 
 from .headline import CENTRALIZED, DISROUTER, NAMES, headline_rows
 from .report import METHODS
+from .uncertainty import RESAMPLES, verdict
 
 BEGIN = "<!-- quality-table:begin (generated from bench/results/quality/results.json by bench/quality/readme.py; do not edit) -->"
 END = "<!-- quality-table:end -->"
@@ -69,6 +70,22 @@ def oracle_share(rows: Sequence[dict[str, Any]]) -> str:
             f"({ours:.3f} / {oracle:.3f}; target ≥ {ORACLE_SHARE_TARGET:.0%}: {verdict})")
 
 
+def significance_table(comparisons: Sequence[dict[str, Any]]) -> list[str]:
+    """DiSRouter SFT+RL (probe) minus the best centralized router per split and alpha, all tiers, with the
+    paired bootstrap's 95% interval (``uncertainty.annotate``); empty when it was not measured."""
+    found = [c for c in comparisons if c["method"] == DISROUTER[0] and c["baseline"] in CENTRALIZED and c["pool"] == "all"]
+    if not found:
+        return []
+    lines = [f"Is the difference real? {NAMES[DISROUTER[0]]} minus the best centralized router, all tiers (paired bootstrap "
+             f"over the test queries, {RESAMPLES} resamples; P(better): share of resamples where DiSRouter's utility is higher; "
+             "every arm and baseline in results.md):", "",
+             "| split | alpha | best centralized | difference | 95% CI | P(better) | verdict |", "|---" * 7 + "|"]
+    for c in sorted(found, key=lambda c: (c["split"] != "in_domain", c["alpha"])):
+        lines.append(f"| {c['split']} | {c['alpha']:g} | {c['baseline']} | {c['difference']:+.3f} | "
+                     f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | {c['p_better']:.2f} | {verdict(c['ci95'])} |")
+    return ["", *lines]
+
+
 def render(payload: dict[str, Any], json_path: str = "bench/results/quality/results.json") -> str:
     """The markdown between the markers: provenance, the headline line, the table, the targets."""
     m, rows, head = payload["meta"], payload["rows"], payload["headline"]
@@ -85,6 +102,7 @@ def render(payload: dict[str, Any], json_path: str = "bench/results/quality/resu
         "- " + against_centralized(in_domain, "In-domain, " + NAMES[DISROUTER[0]] + " against the best centralized router"),
         "- " + against_centralized(headline_rows(rows, split="ood"), "Out-of-domain, the same"),
         "- " + oracle_share(in_domain),
+        *significance_table(payload.get("comparisons", [])),
     ])
 
 

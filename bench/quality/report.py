@@ -13,6 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .headline import CENTRALIZED
+from .uncertainty import REFERENCE, RESAMPLES, verdict
+
 METHODS = (
     "oracle", "smallest", "largest", "random", "knn", "mlp", "cascade",
     "untrained_generate", "untrained_probe", "sft_generate", "sft_probe", "sftrl_generate", "sftrl_probe",
@@ -86,6 +89,7 @@ def markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {method} | " + " | ".join(_num(cells.get(a, {}).get("utility")) for a in alphas) + " | "
                          + " | ".join(_num(cells.get(a, {}).get("full_utility")) for a in alphas) + " |")
         lines.append("")
+    lines += comparisons_section(payload.get("comparisons"))
     lines += ["## Every figure", "",
               "| split | pool | alpha | method | n | accuracy | cost | full cost | utility | full utility | p50 ms | p95 ms | hops | share by tier | errors |",
               "|---" * 15 + "|"]
@@ -103,6 +107,27 @@ def markdown(payload: dict[str, Any]) -> str:
                   f"{join['reached_after']} passed through it and {join['answered_after']} were answered by it "
                   f"({join['reached_while_starting']} of {join['queries_while_starting']} sent while it was starting reached it)."]
     return "\n".join(lines) + "\n"
+
+
+def comparisons_section(comparisons: Sequence[dict[str, Any]] | None) -> list[str]:
+    """The paired-bootstrap comparisons (``uncertainty.annotate``): difference, its 95% interval, P(better), verdict."""
+    lines = [f"## Is the difference real? (paired bootstrap, {RESAMPLES} resamples)", ""]
+    if comparisons is None:
+        return lines + ["Not in this results.json (made before the comparisons existed): rerun the benchmark.", ""]
+    lines += [
+        "Each DiSRouter probe arm against the best centralized router at that alpha (by utility among "
+        f"{', '.join(CENTRALIZED)}, picked on these same queries, which favours it) and against `{REFERENCE}`: utility "
+        "difference (method - baseline) on the n queries both answered, its 95% percentile interval over resamples of "
+        "the queries (the same draws for every method, so the difference is paired), and P(better), the share of "
+        "resamples in which the method's utility is higher. An interval that contains 0 is within noise at this n.", "",
+        "| split | pool | alpha | method | baseline | n | difference | 95% CI | P(better) | verdict |", "|---" * 10 + "|",
+    ]
+    for c in comparisons:
+        lines.append(f"| {c['split']} | {c['pool']} | {c['alpha']:g} | {c['method']} | {c['baseline']} | {c['n']} | {c['difference']:+.3f} | "
+                     f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | {c['p_better']:.2f} | {verdict(c['ci95'])} |")
+    if not comparisons:
+        lines.append("| no DiSRouter probe arm measured | | | | | | | | | |")
+    return lines + [""]
 
 
 def plots(out: Path, rows: Sequence[dict[str, Any]], frontiers: dict[tuple[str, str], list[tuple[float, float]]]) -> list[str]:
