@@ -170,6 +170,7 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
                     row = rows[(split, pool, alpha, method)]
                     assert keys <= set(row) and row["status"] == "ok" and row["errors"] == 0, (method, split, pool, alpha)
                     assert math.isclose(row["utility"], row["accuracy"] - alpha * row["cost"])
+                    assert row["utility_ci95"][0] <= row["utility"] <= row["utility_ci95"][1]
     assert all(rows[("in_domain", "all", a, m)]["status"] == "not configured" for a in (0.2, 0.5, 0.8) for m in ("sftrl_generate", "sftrl_probe"))
 
     def at(method: str, pool: str = "all", split: str = "in_domain", alpha: float = 0.5) -> dict:
@@ -197,6 +198,14 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
     assert results["meta"]["commit"] and results["meta"]["command"]
     assert results["headline"]["disrouter"]["sftrl_probe"]["alpha"] is None  # not configured: said so, not faked
     assert results["headline"]["line"] in (out / "results.md").read_text()
+    # paired bootstrap: sft_probe against the best centralized router and largest, in every (split, pool, alpha)
+    compared = {(c["split"], c["pool"], c["alpha"], c["baseline"] == "largest"): c for c in results["comparisons"] if c["method"] == "sft_probe"}
+    assert len(compared) == 2 * 2 * 3 * 2 and {c["method"] for c in results["comparisons"]} == {"sft_probe"}
+    for (split, pool, alpha, _), c in compared.items():
+        mine, theirs = rows[(split, pool, alpha, "sft_probe")], rows[(split, pool, alpha, c["baseline"])]
+        assert c["n"] == mine["n"] == theirs["n"] and c["ci95"][0] <= c["difference"] <= c["ci95"][1] and 0.0 <= c["p_better"] <= 1.0
+        assert math.isclose(c["difference"], mine["utility"] - theirs["utility"], abs_tol=1e-9)
+    assert "## Is the difference real? (paired bootstrap, 2000 resamples)" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -214,6 +223,8 @@ def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
             assert r["status"] == "not configured" and r["method"].startswith(("sft_", "sftrl_"))
     assert {(r["split"], r["pool"]) for r in results["rows"]} == {(s, p) for s in ("in_domain", "ood") for p in ("all", "no_middle")}
     assert results["runtime_join"]["queries_after"] >= 8
+    assert all(r["utility_ci95"][0] <= r["utility"] <= r["utility_ci95"][1] for r in results["rows"] if r["status"] == "ok")
+    assert results["comparisons"] == []  # the smoke preset has no trained arm to compare
 
 
 def test_a_bad_preset_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
