@@ -7,7 +7,7 @@ models:
   - key: small              # unique key; the NATS subject token for its replicas
     model: smollm2-135m     # what `disrouter-node` loads (known name, HF folder or .gguf)
     cost: 0.1               # normalised cost; cascades order live members by it
-    policy: generate        # generate | probe | always (optional)
+    policy: generate        # generate | probe | confidence | always (optional)
     answer_model: small-base  # probe policy only: these weights write the answers (optional)
 ```
 """
@@ -33,7 +33,7 @@ class ModelEntry(BaseModel):
     key: str = Field(min_length=1)
     model: str = Field(min_length=1)
     cost: float = Field(ge=0.0)
-    policy: Literal["generate", "probe", "always"] | None = None
+    policy: Literal["generate", "probe", "confidence", "always"] | None = None
     answer_model: str | None = Field(default=None, min_length=1)  # probe only: the weights that write the answers
     entry: bool | None = None
     max_tokens: int | None = Field(default=None, ge=1)

@@ -1,4 +1,4 @@
-"""Reject thresholds for the `probe` policy, per scenario alpha, from a model's calibration file.
+"""Reject thresholds for the `probe` and `confidence` policies, per scenario alpha, from a model's calibration file.
 
 The file is JSON, written by training next to the model as ``disrouter-calibration.json``:
 

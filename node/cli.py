@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=sorted(POLICIES), help="decision policy (default: topology's, else generate)")
     p.add_argument("--entry", action="store_true", help="serve the ingress subject (default: cheapest tier of the topology)")
     p.add_argument("--prefix", help=f"mesh subject prefix (default: topology's, else {DEFAULT_PREFIX})")
-    p.add_argument("--calibration", help="probe policy thresholds (default: disrouter-calibration.json beside the model, else built-in)")
+    p.add_argument("--calibration", help="probe / confidence policy thresholds (default: disrouter-calibration.json beside the model, else built-in)")
     add_dataclass_options(p, BackendSettings, BACKEND_GROUPS)
     add_dataclass_options(p, NodeSettings)
     add_log_options(p)

@@ -119,8 +119,8 @@ class TimedBackend(Backend):
             finally:
                 self._metrics.on_generation(time.perf_counter() - started)
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
-        return await self._backend.continuation_logprob(messages, continuation)
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
+        return await self._backend.continuation_logprob(messages, continuation, end)
 
     async def close(self) -> None:
         await self._backend.close()

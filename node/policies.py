@@ -125,6 +125,39 @@ class ProbePolicy(Policy):
         return Decision(reject=False, generation=generation, reject_prob=reject_prob)
 
 
+class ConfidencePolicy(Policy):
+    """No self-awareness training: answer as ``probe`` does (scenario chat, reject phrase suppressed), then
+    forward when the model's doubt in its own answer, 1 - P(answer, then the reply ends | prompt), exceeds
+    the calibrated threshold. A streamed answer is held until decided. A rejection costs a generation."""
+
+    name = "confidence"
+    needs = frozenset({"score"})
+
+    def __init__(self, calibration: Calibration | None = None, demonstrations: bool = True) -> None:
+        self.calibration = calibration or Calibration()
+        self.demonstrations = demonstrations
+
+    async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
+        chat = with_scenario(_chat(query), query.alpha, demonstrations=self.demonstrations)
+        generation = await backend.generate(_request(query, chat, suppress=tuple(reject_variants())))
+        logprob, _ = await backend.continuation_logprob(chat, generation.text, end=True)
+        doubt = 1.0 - math.exp(logprob)
+        if doubt > self.calibration.threshold(query.alpha):
+            skip = doubt > self.calibration.skip_threshold(query.alpha)
+            return Decision(reject=True, generation=generation, reject_prob=doubt, skip=skip)
+        if on_text is not None:
+            on_text(generation.text)
+        return Decision(reject=False, generation=generation, reject_prob=doubt)
+
+    async def answer(self, backend: Backend, query: Query, on_text: TextSink | None = None, rejected: Decision | None = None) -> Decision:
+        """The answer ``rejected`` already generated, when there is one: no peer took the query."""
+        if rejected is None or rejected.generation is None:
+            return await super().answer(backend, query, on_text, rejected)
+        if on_text is not None:
+            on_text(rejected.generation.text)
+        return replace(rejected, reject=False, skip=False, forced=True)
+
+
 class AlwaysPolicy(Policy):
     """Never rejects: for models without self-awareness training (e.g. the strongest tier)."""
 
@@ -138,14 +171,14 @@ class AlwaysPolicy(Policy):
         return replace(await super().answer(backend, query, on_text, rejected), forced=False)
 
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, ProbePolicy, AlwaysPolicy)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, ProbePolicy, ConfidencePolicy, AlwaysPolicy)}
 
 
 def make_policy(name: str, calibration: Calibration | None = None) -> Policy:
     """The policy called ``name``, prompting as ``calibration`` says (thresholds, demonstrations)."""
     calibration = calibration or Calibration()
-    if name == "probe":
-        return ProbePolicy(calibration, demonstrations=calibration.demonstrations)
+    if name in ("probe", "confidence"):
+        return POLICIES[name](calibration, demonstrations=calibration.demonstrations)  # type: ignore[call-arg]
     if name == "generate":
         return GeneratePolicy(demonstrations=calibration.demonstrations)
     if name in POLICIES:

@@ -163,7 +163,7 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
     keys = {"split", "pool", "alpha", "method", "n", "accuracy", "cost", "full_cost", "utility", "full_utility",
             "latency_ms_p50", "latency_ms_p95", "share_by_tier"}
     for method in ("oracle", "smallest", "largest", "random", "knn", "mlp", "cascade",
-                   "untrained_generate", "untrained_probe", "sft_generate", "sft_probe"):
+                   "untrained_generate", "untrained_probe", "untrained_confidence", "sft_generate", "sft_probe"):
         for split in ("in_domain", "ood"):
             for pool in ("all", "no_middle"):
                 for alpha in (0.2, 0.5, 0.8):
@@ -215,7 +215,7 @@ def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
     assert cli(["bench", "quality", "--preset", "smoke", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in results["rows"] if r["status"] == "ok"}
-    assert methods == {"oracle", "smallest", "largest", "random", "knn", "mlp", "cascade", "untrained_generate", "untrained_probe"}
+    assert methods == {"oracle", "smallest", "largest", "random", "knn", "mlp", "cascade", "untrained_generate", "untrained_probe", "untrained_confidence"}
     for r in results["rows"]:
         if r["status"] == "ok":
             assert r["n"] > 0 and r["errors"] == 0 and all(isinstance(r[k], float) for k in ("accuracy", "cost", "utility", "full_utility"))
@@ -223,6 +223,7 @@ def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
             assert r["status"] == "not configured" and r["method"].startswith(("sft_", "sftrl_"))
     assert {(r["split"], r["pool"]) for r in results["rows"]} == {(s, p) for s in ("in_domain", "ood") for p in ("all", "no_middle")}
     assert results["runtime_join"]["queries_after"] >= 8
+    assert set(results["details"]["confidence_thresholds"]) == {"0.2", "0.5", "0.8"}  # chosen on val, not defaults
     assert all(r["utility_ci95"][0] <= r["utility"] <= r["utility_ci95"][1] for r in results["rows"] if r["status"] == "ok")
     assert results["comparisons"] == []  # the smoke preset has no trained arm to compare
 

@@ -19,6 +19,7 @@ NAMES = {
     "oracle": "oracle", "smallest": "smallest only", "largest": "largest only", "random": "random tier",
     "knn": "kNN router (MiniLM)", "mlp": "MLP router (MiniLM)", "cascade": "FrugalGPT-style cascade",
     "untrained_generate": "DiSRouter untrained, generate", "untrained_probe": "DiSRouter untrained, probe",
+    "untrained_confidence": "untrained tiers, own-answer logprob threshold",
     "sft_generate": "DiSRouter SFT, generate", "sft_probe": "DiSRouter SFT, probe",
     "sftrl_generate": "DiSRouter SFT+RL, generate", "sftrl_probe": "DiSRouter SFT+RL, probe",
 }

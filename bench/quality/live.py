@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -47,12 +47,14 @@ class LiveMesh:
     topology: Path
     log_dir: Path
     console: Console
+    calibrations: dict[str, Path] = field(default_factory=dict)  # tier key -> its node's --calibration
 
     def __post_init__(self) -> None:
         self.nodes: dict[str, NodeProcess] = {}
 
     def launch(self, key: str, instance: str = "1") -> NodeProcess:
-        node = start_node(f"{key}-{instance}", ["--model", key, "--topology", str(self.topology), "--nats", self.nats_url], self.log_dir)
+        calibration = ["--calibration", str(self.calibrations[key])] if key in self.calibrations else []
+        node = start_node(f"{key}-{instance}", ["--model", key, "--topology", str(self.topology), "--nats", self.nats_url, *calibration], self.log_dir)
         self.nodes[key] = node
         return node
 

@@ -18,7 +18,7 @@ from .uncertainty import REFERENCE, RESAMPLES, verdict
 
 METHODS = (
     "oracle", "smallest", "largest", "random", "knn", "mlp", "cascade",
-    "untrained_generate", "untrained_probe", "sft_generate", "sft_probe", "sftrl_generate", "sftrl_probe",
+    "untrained_generate", "untrained_probe", "untrained_confidence", "sft_generate", "sft_probe", "sftrl_generate", "sftrl_probe",
 )
 """Every method, in the order tables and plots list them."""
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from disrouter.local.nats_server import NatsServer
 from disrouter.training.tasks import Task
 
-from . import baselines, cascade, centralized, readme, report, uncertainty
+from . import baselines, cascade, centralized, confidence, readme, report, uncertainty
 from .embed import Embedder
 from .family import ensure_family
 from .headline import headline
@@ -28,6 +28,8 @@ from .preset import ARMS, EVAL_SPLITS, Preset, Tier, load_preset
 from .queries import load_splits, question_text, write_queries
 
 POLICIES = ("generate", "probe")
+LIVE_METHODS = tuple((arm, policy) for arm in ARMS for policy in POLICIES + ((confidence.POLICY,) if arm == "untrained" else ()))
+"""(arm, policy) of every self-routing method; ``confidence`` needs no training, so only the untrained arm has it."""
 Method = Callable[[str, str, list[Tier], float], list[Outcome]]
 """(split, pool name, pool tiers, alpha) -> one outcome per query of the split."""
 
@@ -102,13 +104,14 @@ def offline_rows(preset: Preset, splits: dict[str, list[Task]], methods: dict[st
 
 async def live_method(
     preset: Preset, arm: str, policy: str, server: NatsServer, splits: dict[str, list[Task]], labels: Labels,
-    out: Path, console: Console, join: bool,
+    out: Path, console: Console, join: bool, calibrations: dict[str, Path] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """One self-routing method through a live mesh: every pool, split and alpha (and the runtime join)."""
+    """One self-routing method through a live mesh: every pool, split and alpha (and the runtime join);
+    ``calibrations``: tier key -> the calibration file its node loads (else the one beside its model)."""
     method = f"{arm}_{policy}"
     prefix = f"quality-{method.replace('_', '-')}"
     topology = write_topology(preset, arm, policy, prefix, out / "mesh" / f"{method}.yaml")
-    mesh = LiveMesh(server.url, prefix, topology, out / "mesh", console)
+    mesh = LiveMesh(server.url, prefix, topology, out / "mesh", console, calibrations or {})
     rows, joined = [], None
     by_key = {t.key: t for t in preset.tiers}
     try:
@@ -131,24 +134,36 @@ async def live_method(
     return rows, joined
 
 
-def live_rows(preset: Preset, splits: dict[str, list[Task]], labels: Labels, out: Path, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every self-routing method; arms without checkpoints get 'not configured' rows."""
+def live_rows(
+    preset: Preset, splits: dict[str, list[Task]], labels: Labels, out: Path, console: Console, calibrations: dict[str, dict[str, Path]],
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every self-routing method; arms without checkpoints get 'not configured' rows. ``calibrations``:
+    policy -> tier key -> calibration file, for policies whose thresholds the benchmark chose itself."""
     (out / "mesh").mkdir(parents=True, exist_ok=True)
-    configured = [(arm, policy) for arm in ARMS for policy in POLICIES if preset.configured(arm)]
+    configured = [(arm, policy) for arm, policy in LIVE_METHODS if preset.configured(arm)]
     rows, joined = [], None
     with NatsServer() as server:
-        for arm in ARMS:
-            for policy in POLICIES:
-                if (arm, policy) not in configured:
-                    rows += [row(split, pool, alpha, f"{arm}_{policy}", None, [], status="not configured")
-                             for split in EVAL_SPLITS for pool in preset.pools() for alpha in preset.alphas]
-                    continue
-                console.print(f"live mesh: {arm}_{policy}")
-                method_rows, method_join = asyncio.run(live_method(
-                    preset, arm, policy, server, splits, labels, out, console, join=(arm, policy) == configured[-1]))
-                rows += method_rows
-                joined = method_join or joined
+        for arm, policy in LIVE_METHODS:
+            if (arm, policy) not in configured:
+                rows += [row(split, pool, alpha, f"{arm}_{policy}", None, [], status="not configured")
+                         for split in EVAL_SPLITS for pool in preset.pools() for alpha in preset.alphas]
+                continue
+            console.print(f"live mesh: {arm}_{policy}")
+            method_rows, method_join = asyncio.run(live_method(
+                preset, arm, policy, server, splits, labels, out, console, join=(arm, policy) == configured[-1],
+                calibrations=calibrations.get(policy)))
+            rows += method_rows
+            joined = method_join or joined
     return rows, joined
+
+
+def confidence_calibration(preset: Preset, splits: dict[str, list[Task]], labels: Labels, out: Path, console: Console) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
+    """The ``confidence`` policy's thresholds, chosen on val (``confidence.py``); none when its arm is not configured."""
+    if not preset.configured("untrained"):
+        return {}, {}
+    with progress_bar(console) as progress:
+        files, chosen = confidence.calibrate(preset, splits["val"], labels, out / "calibration", progress)
+    return {confidence.POLICY: files}, chosen
 
 
 def run(preset_name: str, out: Path | None = None, console: Console | None = None) -> dict[str, Any]:
@@ -173,7 +188,8 @@ def run(preset_name: str, out: Path | None = None, console: Console | None = Non
     labels = timed("labels", lambda: all_labels(preset, splits, out, console))
     methods, details = timed("routers", lambda: offline_methods(preset, splits, labels, console))
     rows = timed("offline", lambda: offline_rows(preset, splits, methods))
-    mesh_rows, joined = timed("live", lambda: live_rows(preset, splits, labels, out, console))
+    calibrations, details["confidence_thresholds"] = timed("calibration", lambda: confidence_calibration(preset, splits, labels, out, console))
+    mesh_rows, joined = timed("live", lambda: live_rows(preset, splits, labels, out, console, calibrations))
     rows += mesh_rows
     comparisons = uncertainty.annotate(rows)
     details["phase_seconds"] = phases

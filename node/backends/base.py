@@ -50,8 +50,9 @@ class Backend(ABC):
     async def generate(self, request: GenerationRequest, on_text: TextSink | None = None) -> Generation:
         """Complete the chat; raise PromptTooLongError if it cannot fit the context."""
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
-        """log P(continuation | chat prompt) from one prefill, and the prompt's token count."""
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
+        """log P(continuation | chat prompt) from one prefill, and the prompt's token count; with ``end``,
+        log P(continuation, then the reply ends): the model's end-of-sequence token follows it."""
         raise NotImplementedError(f"the {self.kind} backend cannot score continuations")
 
     async def close(self) -> None:

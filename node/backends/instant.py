@@ -34,7 +34,7 @@ class InstantBackend(Backend):
         prompt_tokens = sum(len(m["content"].split()) for m in request.messages)
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=1)
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
         text = _last_user_text(messages)
         probability = 0.999 if "#skip" in text else 0.9 if "#reject" in text else 0.01
         return math.log(probability), sum(len(m["content"].split()) for m in messages)

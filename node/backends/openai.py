@@ -104,19 +104,23 @@ class OpenAIBackend(Backend):
             finish_reason=output.finish_reason,
         )
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
-        """log P(continuation | chat prompt) from vLLM's prompt logprobs, and the prompt's token count."""
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
+        """log P(continuation | chat prompt) from vLLM's prompt logprobs, and the prompt's token count; with
+        ``end`` the token the chat template closes the reply with is scored too (a third request: the whole reply)."""
         if "score" not in self.capabilities:
             raise NotImplementedError(f"{self.endpoint} is not a vLLM server: it cannot score continuations")
         base = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "return_token_ids": True}
-        reply = {"role": "assistant", "content": continuation}
-        prompt, scored = await asyncio.gather(
-            self._post(base | {"messages": messages}),
-            self._post(base | {"messages": [*messages, reply], "add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0}),
-        )
+        reply = [*messages, {"role": "assistant", "content": continuation}]
+        requests = [base | {"messages": messages},
+                    base | {"messages": reply, "add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0}]
+        if end:
+            requests.append(base | {"messages": reply, "add_generation_prompt": False, "prompt_logprobs": 0})
+        prompt, scored, *closed = await asyncio.gather(*(self._post(body) for body in requests))
         prompt_ids, all_ids = prompt["prompt_token_ids"], scored["prompt_token_ids"]
-        if all_ids[: len(prompt_ids)] != prompt_ids:
+        if all_ids[: len(prompt_ids)] != prompt_ids or (closed and closed[0]["prompt_token_ids"][: len(all_ids)] != all_ids):
             raise RemoteBackendError(f"{self.model_name}'s chat template does not render a reply as a continuation of the prompt")
+        if closed:  # the same tokens, and the one after them
+            scored, all_ids = closed[0], closed[0]["prompt_token_ids"][: len(all_ids) + 1]
         logprobs = scored["prompt_logprobs"]
         total = sum(logprobs[i][str(all_ids[i])]["logprob"] for i in range(len(prompt_ids), len(all_ids)))
         return float(total), len(prompt_ids)

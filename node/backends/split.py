@@ -24,9 +24,9 @@ class SplitBackend(Backend):
         """The answer model's completion."""
         return await self.answerer.generate(request, on_text)
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
         """The deciding (self-aware) model's log P(continuation | prompt)."""
-        return await self.decider.continuation_logprob(messages, continuation)
+        return await self.decider.continuation_logprob(messages, continuation, end)
 
     async def close(self) -> None:
         """Release both models."""

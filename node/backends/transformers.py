@@ -171,9 +171,10 @@ class TransformersBackend(Backend):
         if not pending.row.abandoned:
             pending.on_text(delta)
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
+        """With ``end``, the reply's end is any token ``generate`` stops at (their probabilities summed)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._score_blocking, messages, continuation)
+        return await loop.run_in_executor(self._pool, self._score_blocking, messages, continuation, end)
 
     async def close(self) -> None:
         """Fail queued queries; running ones stop at their next step and get what they decoded ("deadline")."""
@@ -267,7 +268,7 @@ class TransformersBackend(Backend):
             row.sink(rest)
         return Generation(text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens), finish_reason=row.reason or "stop")
 
-    def _score_blocking(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
+    def _score_blocking(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
         import torch
 
         prompt_ids = self._prompt_ids(messages)
@@ -277,7 +278,7 @@ class TransformersBackend(Backend):
             raise PromptTooLongError(
                 f"prompt is {len(prompt_ids)} tokens; model {self.model_name} has a context of {self.context_length}"
             )
-        if not continuation_ids:
+        if not continuation_ids and not end:
             return 0.0, len(prompt_ids)
         ids = prompt_ids + continuation_ids
         prefix_ids = self._shared_prefix(messages, prompt_ids) if self.prefix_cache else []
@@ -287,9 +288,11 @@ class TransformersBackend(Backend):
             rest = torch.tensor([ids[start:]], device=self._model.device)
             # only the logits that predict the continuation: the last len(continuation) + 1 positions
             logits = self._model(input_ids=rest, past_key_values=cache, use_cache=cache is not None, **keep_logits(self._model, len(continuation_ids) + 1)).logits[0]
-            logprobs = torch.log_softmax(logits[-len(continuation_ids) - 1 : -1].float(), dim=-1)
-            picked = logprobs.gather(1, torch.tensor(continuation_ids, device=logits.device).unsqueeze(1))
-            return float(picked.sum()), len(prompt_ids)  # the call's one device-to-host sync
+            logprobs = torch.log_softmax(logits[-len(continuation_ids) - 1 :].float(), dim=-1)  # the last row: what follows
+            picked = logprobs[:-1].gather(1, torch.tensor(continuation_ids, dtype=torch.long, device=logits.device).unsqueeze(1)).sum()
+            if end:
+                picked = picked + logprobs[-1, sorted(self._stop_ids)].logsumexp(0)
+            return float(picked), len(prompt_ids)  # the call's one device-to-host sync
 
     def _shared_prefix(self, messages: list[dict[str, str]], prompt_ids: list[int]) -> list[int]:
         """Token ids of every message but the last, when they are a strict prefix of the prompt."""

@@ -118,12 +118,15 @@ class VLLMBackend(Backend):
             finish_reason=_finish_reason(progress.finish_reason),
         )
 
-    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str) -> tuple[float, int]:
-        """log P(continuation | chat prompt) from one prefill of prompt + continuation."""
+    async def continuation_logprob(self, messages: list[dict[str, str]], continuation: str, end: bool = False) -> tuple[float, int]:
+        """log P(continuation | chat prompt) from one prefill of prompt + continuation (with ``end``, then
+        the tokenizer's end-of-sequence token)."""
         from vllm import SamplingParams
 
         prompt_ids = self._prompt_ids(messages)
         continuation_ids = self._tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if end:
+            continuation_ids = [*continuation_ids, self._tokenizer.eos_token_id]
         if not continuation_ids:
             return 0.0, len(prompt_ids)
         all_ids = prompt_ids + continuation_ids
