@@ -91,10 +91,11 @@ def mesh_result(tiers: Sequence[TierRows], thresholds: Sequence[Thresholds], alp
         raise ValueError(f"{len(tiers)} tiers need {len(tiers) - 1} thresholds, got {len(thresholds)}")
     if not ids:
         raise TrainingConfigError("mesh calibration: no validation queries")
-    return _result(tiers, [answering_tier(tiers, thresholds, query_id) for query_id in ids], alpha, ids)
+    return routed_result(tiers, [answering_tier(tiers, thresholds, query_id) for query_id in ids], alpha, ids)
 
 
-def _result(tiers: Sequence[TierRows], answered: Sequence[int], alpha: float, ids: Sequence[str]) -> MeshResult:
+def routed_result(tiers: Sequence[TierRows], answered: Sequence[int], alpha: float, ids: Sequence[str]) -> MeshResult:
+    """The mesh result when tier ``answered[n]`` (an index into ``tiers``) answers ``ids[n]``."""
     correct = sum(tiers[i].outcomes[query_id].correct for i, query_id in zip(answered, ids))
     share = {tier.key: answered.count(i) / len(ids) for i, tier in enumerate(tiers)}
     return MeshResult(alpha, len(ids), correct / len(ids), sum(tiers[i].cost for i in answered) / len(ids), share)
@@ -136,4 +137,4 @@ def oracle_result(tiers: Sequence[TierRows], alpha: float, ids: Sequence[str]) -
     def pick(query_id: str) -> int:
         return next((i for i, tier in enumerate(tiers) if tier.outcomes[query_id].correct), 0)
 
-    return _result(tiers, [pick(query_id) for query_id in ids], alpha, ids)
+    return routed_result(tiers, [pick(query_id) for query_id in ids], alpha, ids)

@@ -4,6 +4,7 @@ Config (paths relative to the file)::
 
     topology: PATH          # costs of tiers listed without one, by key
     val: PATH               # validation tasks (never the test split)
+    test: PATH              # optional: held-out tasks, only evaluated (the baselines table), never calibrated on
     alphas: [0.2, 0.5, 0.8]
     max_tokens: 16          # as the mesh is asked (bench quality's max_tokens)
     out: PATH               # mesh-calibration.json / .md (the measured val figures)
@@ -35,6 +36,7 @@ from disrouter.mesh.topology import TopologyError, load_topology
 from disrouter.node.calibration import CALIBRATION_FILENAME, Calibration
 
 from .config import TrainingConfigError, read_settings_file
+from .mesh_baselines import compare_mesh, comparison_figures, table
 from .mesh_calibration import MeshResult, Thresholds, TierRows, calibrate_mesh, oracle_result
 from .mesh_measure import Outcomes, measure_tier
 from .progress import progress_bar
@@ -59,6 +61,7 @@ class MeshConfig(BaseModel):
     tiers: list[MeshTier] = Field(min_length=2)
     val: Path
     out: Path
+    test: Path | None = None  # held-out tasks: only evaluated (mesh_baselines), thresholds stay chosen on val
     topology: Path | None = None
     alphas: list[float] = Field(default_factory=lambda: list(DEFAULT_ALPHAS))
     max_tokens: int = Field(default=16, ge=1)
@@ -88,6 +91,7 @@ def load_mesh_config(path: str | Path) -> MeshConfig:
 
     config.val, config.out = near(config.val), near(config.out)
     config.topology = near(config.topology) if config.topology else None
+    config.test = near(config.test) if config.test else None
     for tier in config.tiers:
         tier.model = near(tier.model) if tier.model else None
         tier.checkpoints = {arm: near(folder) for arm, folder in tier.checkpoints.items()}
@@ -124,9 +128,9 @@ def _check(path: Path, config: MeshConfig) -> None:
             raise TrainingConfigError(f"{path}: {folder} is not a model folder (no config.json)")
 
 
-def measure_all(config: MeshConfig, progress: bool = True) -> dict[Path, Outcomes]:
-    """Every distinct folder of every arm, measured once on the val tasks."""
-    tasks = load_tasks(config.val)
+def measure_all(config: MeshConfig, progress: bool = True, tasks_file: Path | None = None) -> dict[Path, Outcomes]:
+    """Every distinct folder of every arm, measured once on the val tasks (or ``tasks_file``'s)."""
+    tasks = load_tasks(tasks_file or config.val)
     strongest = config.tiers[-1].model
     folders = list(dict.fromkeys(f for arm in config.arms() for f in config.mesh(arm)))
     answers = {folder: tier.answer_model for tier in config.tiers[:-1] for folder in tier.checkpoints.values()}
@@ -143,13 +147,18 @@ def measure_all(config: MeshConfig, progress: bool = True) -> dict[Path, Outcome
     return measured
 
 
+def tier_rows(config: MeshConfig, arm: str, measured: dict[Path, Outcomes], alpha: float) -> tuple[list[TierRows], list[str]]:
+    """``arm``'s mesh under ``alpha`` as measured (cheapest first), and the measured query ids."""
+    folders = config.mesh(arm)
+    rows = [TierRows(tier.key, float(tier.cost), measured[folder][alpha]) for tier, folder in zip(config.tiers, folders)]
+    return rows, sorted(measured[folders[0]][alpha])
+
+
 def calibrate_arm(config: MeshConfig, arm: str, measured: dict[Path, Outcomes]) -> dict[str, Any]:
     """Thresholds per alpha for ``arm``'s lower tiers, with the val figures of the mesh they make."""
-    folders = config.mesh(arm)
-    ids = sorted(measured[folders[0]][config.alphas[0]])
     per_alpha = {}
     for alpha in config.alphas:
-        rows = [TierRows(tier.key, float(tier.cost), measured[folder][alpha]) for tier, folder in zip(config.tiers, folders)]
+        rows, ids = tier_rows(config, arm, measured, alpha)
         thresholds, results = calibrate_mesh(rows, alpha, ids)
         top = rows[-1]
         largest = MeshResult(alpha, len(ids), sum(top.outcomes[i].correct for i in ids) / len(ids), top.cost, {top.key: 1.0})
@@ -194,9 +203,22 @@ def _cell(thresholds: dict[str, Any]) -> str:
     return answer + " / " + ("never" if thresholds["skip"] >= 1 else f"{thresholds['skip']:.3g}")
 
 
-def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]]) -> Path:
+def tier_baselines(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]], splits: dict[str, dict[Path, Outcomes]]) -> dict[str, Any]:
+    """split -> arm -> alpha -> tier -> each trained tier against the trivial baselines (``mesh_baselines``), val's thresholds."""
+    figures: dict[str, Any] = {}
+    for split, measured in splits.items():
+        for arm, per_alpha in arms.items():
+            for alpha, chosen in per_alpha.items():
+                rows, ids = tier_rows(config, arm, measured, alpha)
+                figures.setdefault(split, {}).setdefault(arm, {})[str(alpha)] = {
+                    c.key: comparison_figures(c) for c in compare_mesh(rows, chosen["thresholds"], alpha, ids)}
+    return figures
+
+
+def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]], baselines: dict[str, Any] | None = None) -> Path:
     """``out/mesh-calibration.json`` and ``.md``: per arm and alpha the thresholds and the val figures
-    of the whole mesh next to the oracle and the strongest tier alone (on the same val queries)."""
+    of the whole mesh next to the oracle and the strongest tier alone (on the same val queries), then
+    ``baselines`` (``tier_baselines``) when given."""
     config.out.mkdir(parents=True, exist_ok=True)
     document = {"val": str(config.val), "tiers": [{"key": t.key, "cost": t.cost, "answer_model": t.answer_model and str(t.answer_model)}
                                                   for t in config.tiers], "arms": {
@@ -205,6 +227,8 @@ def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]
                            "mesh": _figures(f["mesh"][0]), "from_tier": {t.key: _figures(r) for t, r in zip(config.tiers, f["mesh"])},
                            "oracle": _figures(f["oracle"]), "largest": _figures(f["largest"])}
               for alpha, f in per_alpha.items()} for arm, per_alpha in arms.items()}}
+    if baselines is not None:
+        document |= {"test": config.test and str(config.test), "baselines": baselines}
     (config.out / "mesh-calibration.json").write_text(json.dumps(document, indent=2) + "\n")
     lines = ["# Mesh-utility calibration (validation queries)", "",
              f"`disrouter train mesh`; val: `{config.val}`; utility = accuracy - alpha * cost (the answering tier's cost).",
@@ -217,6 +241,8 @@ def write_report(config: MeshConfig, arms: dict[str, dict[float, dict[str, Any]]
             share = ", ".join(f"{k} {v:.2f}" for k, v in f["mesh"]["share"].items())
             lines.append(f"| {arm} | {alpha} | " + " | ".join(cells) + f" | {f['mesh']['utility']:.3f} | {f['mesh']['accuracy']:.3f} | "
                          f"{f['mesh']['cost']:.3f} | {share} | {f['oracle']['utility']:.3f} | {f['largest']['utility']:.3f} |")
+    if baselines is not None:
+        lines += ["", *table(baselines)]
     path = config.out / "mesh-calibration.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -243,4 +269,5 @@ def run_mesh_calibration(config_path: str | Path, progress: bool = True) -> Path
     arms = {arm: calibrate_arm(config, arm, measured) for arm in config.arms()}
     for arm, per_alpha in arms.items():
         write_tier_calibrations(config, arm, per_alpha)
-    return write_report(config, arms)
+    splits = {"val": measured} | ({"test": measure_all(config, progress, config.test)} if config.test else {})
+    return write_report(config, arms, tier_baselines(config, arms, splits))
