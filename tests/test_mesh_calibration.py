@@ -98,7 +98,7 @@ def test_command_on_the_smoke_family(tmp_path: Path) -> None:
         copies[tier.name] = tmp_path / f"{tier.name}-ckpt"
         subprocess.run(["cp", "-r", str(tier), str(copies[tier.name])], check=True)
     config.write_text(
-        f"val: {val}\nout: {tmp_path / 'out'}\nalphas: [0.2, 0.8]\nmax_tokens: 8\n"
+        f"val: {val}\ntest: {val}\nout: {tmp_path / 'out'}\nalphas: [0.2, 0.8]\nmax_tokens: 8\n"
         f"tiers:\n  - {{key: s, cost: 0.1, checkpoints: {{arm: {copies['s']}}}}}\n"
         f"  - {{key: m, cost: 0.3, checkpoints: {{arm: {copies['m']}}}}}\n  - {{key: l, cost: 0.9, model: {l}}}\n"
     )
@@ -113,3 +113,9 @@ def test_command_on_the_smoke_family(tmp_path: Path) -> None:
     figures = report["arms"]["arm"]["0.8"]
     assert figures["mesh"]["utility"] == pytest.approx(figures["mesh"]["accuracy"] - 0.8 * figures["mesh"]["cost"], abs=1e-3)
     assert figures["mesh"]["utility"] <= figures["oracle"]["utility"] + 1e-9
+    # the baselines on val (the calibrated mesh is the trained figure) and on the test split (here the same tasks, measured again)
+    assert set(report["baselines"]) == {"val", "test"}
+    assert report["baselines"]["val"]["arm"]["0.8"]["s"]["trained"]["utility"] == pytest.approx(figures["mesh"]["utility"], abs=1e-3)
+    for tier in ("s", "m"):
+        compared = report["baselines"]["test"]["arm"]["0.8"][tier]
+        assert compared["oracle"]["utility"] >= max(compared[name]["utility"] for name in ("always_reject", "always_answer", "random")) - 1e-3
