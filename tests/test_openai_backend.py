@@ -161,6 +161,24 @@ async def test_scores_over_http_equal_the_local_transformers_backends(backend: O
         await local.close()
 
 
+async def test_scores_with_the_reply_end_equal_the_local_transformers_backends(backend: OpenAIBackend, server: Server, scripted_models: dict[str, Path]) -> None:
+    """``end=True`` (the confidence policy's score): the remote scores the chat template's closing token too."""
+    if server.kind != "standin":
+        return  # the stand-in serves the scripted model in fp32: the same weights as the local backend
+    local = load_backend("transformers", str(scripted_models["paris"]))
+    try:
+        ended = {}
+        for continuation in ("Paris is the answer.", "Paris is", "Berlin is the answer."):
+            remote_lp, remote_n = await backend.continuation_logprob(CAPITAL, continuation, end=True)
+            local_lp, local_n = await local.continuation_logprob(CAPITAL, continuation, end=True)
+            assert remote_n == local_n and remote_lp == pytest.approx(local_lp, rel=1e-4, abs=1e-3), continuation
+            ended[continuation] = local_lp - (await local.continuation_logprob(CAPITAL, continuation))[0]
+    finally:
+        await local.close()
+    assert ended["Paris is the answer."] == pytest.approx(0.0, abs=1e-3)  # the scripted reply ends right there
+    assert ended["Paris is"] < -5  # and not after "Paris is"
+
+
 def test_a_missing_key_or_model_fails_to_load_with_a_clear_message(server: Server) -> None:
     with pytest.raises(RemoteBackendError, match="refused the API key"):
         load_backend("openai", server.model, endpoint=server.url)
