@@ -126,21 +126,21 @@ class ProbePolicy(Policy):
 
 
 class ConfidencePolicy(Policy):
-    """No self-awareness training: answer as ``probe`` does (scenario chat, reject phrase suppressed), then
-    forward when the model's doubt in its own answer, 1 - P(answer, then the reply ends | prompt), exceeds
-    the calibrated threshold. A streamed answer is held until decided. A rejection costs a generation."""
+    """No self-awareness training: answer as a node that must answer does (the query's own chat, reject
+    phrase suppressed), then forward when the model's doubt in its own answer, 1 - P(answer, then the reply
+    ends | prompt), exceeds the calibrated threshold. No scenario instruction: it asks for the reject phrase,
+    which this policy never uses. A streamed answer is held until decided. A rejection costs a generation."""
 
     name = "confidence"
     needs = frozenset({"score"})
 
-    def __init__(self, calibration: Calibration | None = None, demonstrations: bool = True) -> None:
+    def __init__(self, calibration: Calibration | None = None) -> None:
         self.calibration = calibration or Calibration()
-        self.demonstrations = demonstrations
 
     async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
-        chat = with_scenario(_chat(query), query.alpha, demonstrations=self.demonstrations)
-        generation = await backend.generate(_request(query, chat, suppress=tuple(reject_variants())))
-        logprob, _ = await backend.continuation_logprob(chat, generation.text, end=True)
+        request = _request(query, _chat(query), suppress=tuple(reject_variants()))
+        generation = await backend.generate(request)
+        logprob, _ = await backend.continuation_logprob(request.messages, generation.text, end=True)
         doubt = 1.0 - math.exp(logprob)
         if doubt > self.calibration.threshold(query.alpha):
             skip = doubt > self.calibration.skip_threshold(query.alpha)
@@ -177,8 +177,10 @@ POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GeneratePolicy, P
 def make_policy(name: str, calibration: Calibration | None = None) -> Policy:
     """The policy called ``name``, prompting as ``calibration`` says (thresholds, demonstrations)."""
     calibration = calibration or Calibration()
-    if name in ("probe", "confidence"):
-        return POLICIES[name](calibration, demonstrations=calibration.demonstrations)  # type: ignore[call-arg]
+    if name == "probe":
+        return ProbePolicy(calibration, demonstrations=calibration.demonstrations)
+    if name == "confidence":
+        return ConfidencePolicy(calibration)
     if name == "generate":
         return GeneratePolicy(demonstrations=calibration.demonstrations)
     if name in POLICIES:

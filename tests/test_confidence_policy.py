@@ -14,8 +14,7 @@ from disrouter.mesh.topology import load_topology
 from disrouter.node.backends import Backend, load_backend
 from disrouter.node.calibration import Calibration
 from disrouter.node.cli import build_parser
-from disrouter.node.policies import ConfidencePolicy, Decision, make_policy
-from disrouter.node.prompts import with_scenario
+from disrouter.node.policies import AlwaysPolicy, ConfidencePolicy, Decision, make_policy
 from disrouter.training.tasks import load_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +27,7 @@ def queries(count: int = 6) -> list[Query]:
 
 
 def policy(threshold: float, skip: float = 1.0) -> ConfidencePolicy:
-    chosen = make_policy("confidence", Calibration(thresholds={ALPHA: threshold}, skip_thresholds={ALPHA: skip}, demonstrations=False))
+    chosen = make_policy("confidence", Calibration(thresholds={ALPHA: threshold}, skip_thresholds={ALPHA: skip}))
     assert isinstance(chosen, ConfidencePolicy)
     return chosen
 
@@ -65,9 +64,10 @@ async def test_threshold_one_always_answers_and_records_its_doubt_in_its_own_ans
     try:
         results = await decide_all(backend, policy(1.0))
         for (decision, streamed), query in zip(results, queries()):
-            chat = with_scenario([m.model_dump() for m in query.messages], ALPHA, demonstrations=False)
+            chat = [m.model_dump() for m in query.messages]  # the query's own chat: no scenario instruction
             with_end, _ = await backend.continuation_logprob(chat, decision.generation.text, end=True)
             without_end, _ = await backend.continuation_logprob(chat, decision.generation.text)
+            assert decision.generation.text == (await AlwaysPolicy().decide(backend, query)).generation.text  # the answer a last tier gives
             assert not decision.reject and decision.name == "answer" and streamed == [decision.generation.text]
             assert decision.reject_prob == pytest.approx(1 - math.exp(with_end), abs=1e-9)
             assert decision.reject_prob == pytest.approx(doubt_by_hand(tier_s, chat, decision.generation.text), abs=1e-4)
@@ -100,7 +100,7 @@ async def test_a_mesh_forwards_from_a_doubting_tier_and_the_hop_records_the_doub
     backend = load_backend("transformers", str(tier_s))
     expected = [decision for decision, _ in await decide_all(backend, policy(1.0))]
     await mesh.add("family-s", 0.13, "family-s", entry=True, policy="confidence", backend=backend,
-                   calibration=Calibration(thresholds={ALPHA: 0.0}, skip_thresholds={ALPHA: 1.0}, demonstrations=False))
+                   calibration=Calibration(thresholds={ALPHA: 0.0}, skip_thresholds={ALPHA: 1.0}))
     await mesh.add("family-l", 0.9, "family-l", policy="always", backend=load_backend("transformers", "family-l"))
     await mesh.all_see({n.card.node_id for n in mesh.nodes})
     client = await mesh.client()

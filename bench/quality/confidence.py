@@ -4,9 +4,7 @@
 Each lower tier is measured on val through the node's own policy code (``training.mesh_measure``), the
 strongest tier's correctness comes from its labels (it always answers, as in the mesh), and per alpha
 ``training.mesh_calibration.calibrate_mesh`` picks the thresholds top-down. One calibration file per
-lower tier (the node's format) is what its node loads with ``--calibration``. The tiers prompt without
-the reject-phrase demonstrations: they only teach the phrase, which this policy suppresses, and on the
-family's val split they cost the middle tier accuracy (0.75 without them, 0.625 with them at alpha 0.5).
+lower tier (the node's format) is what its node loads with ``--calibration``.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from .labels import Labels
 from .preset import Preset, Tier
 
 POLICY = "confidence"
-DEMONSTRATIONS = False
 
 
 def measure(preset: Preset, val: Sequence[Task], progress: Progress) -> dict[str, Outcomes]:
@@ -37,7 +34,7 @@ def measure(preset: Preset, val: Sequence[Task], progress: Progress) -> dict[str
     for tier in preset.tiers[:-1]:
         job = progress.add_task(f"{POLICY} on val: {tier.key}", total=len(val) * len(preset.alphas))
         measured[tier.key] = asyncio.run(measure_tier(
-            tier.model, val, preset.alphas, strongest=False, demonstrations=DEMONSTRATIONS, max_tokens=preset.max_tokens,
+            tier.model, val, preset.alphas, strongest=False, demonstrations=False, max_tokens=preset.max_tokens,
             in_flight=preset.in_flight, backend="transformers", progress=progress, job=job, policy=POLICY))
     return measured
 
@@ -61,8 +58,7 @@ def write(tiers: Sequence[Tier], chosen: dict[float, tuple[list[Thresholds], flo
     files = {}
     for index, tier in enumerate(tiers[:-1]):
         picked = {alpha: thresholds[index] for alpha, (thresholds, _) in chosen.items()}
-        calibration = Calibration(thresholds={a: t.answer for a, t in picked.items()}, skip_thresholds={a: t.skip for a, t in picked.items()},
-                                  demonstrations=DEMONSTRATIONS)
+        calibration = Calibration(thresholds={a: t.answer for a, t in picked.items()}, skip_thresholds={a: t.skip for a, t in picked.items()})
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh", "policy": POLICY, "tiers": [t.key for t in tiers],
             "val_utility": {str(a): round(utility, 4) for a, (_, utility) in chosen.items()},
