@@ -25,7 +25,7 @@ class Decision:
     generation: Generation | None  # the answer; for a rejection, the output read as one (if any)
     reject_prob: float | None = None
     skip: bool = False  # so sure of rejecting that the query should go to the strongest peer
-    prompt_tokens: int = 0  # tokens the decision itself read, when no generation was run
+    prompt_tokens: int = 0  # tokens the decision itself read besides any generation (a probe's prefill, a confidence score's)
     forced: bool = False  # answered only because no peer was left to take the query
     decide_ms: float | None = None  # time spent deciding (set by the node that timed it)
 
@@ -140,14 +140,14 @@ class ConfidencePolicy(Policy):
     async def decide(self, backend: Backend, query: Query, on_text: TextSink | None = None) -> Decision:
         request = _request(query, _chat(query), suppress=tuple(reject_variants()))
         generation = await backend.generate(request)
-        logprob, _ = await backend.continuation_logprob(request.messages, generation.text, end=True)
-        doubt = 1.0 - math.exp(logprob)
+        logprob, prompt_tokens = await backend.continuation_logprob(request.messages, generation.text, end=True)
+        doubt, scored = 1.0 - math.exp(logprob), prompt_tokens + generation.completion_tokens  # the score's prefill reads both
         if doubt > self.calibration.threshold(query.alpha):
             skip = doubt > self.calibration.skip_threshold(query.alpha)
-            return Decision(reject=True, generation=generation, reject_prob=doubt, skip=skip)
+            return Decision(reject=True, generation=generation, reject_prob=doubt, skip=skip, prompt_tokens=scored)
         if on_text is not None:
             on_text(generation.text)
-        return Decision(reject=False, generation=generation, reject_prob=doubt)
+        return Decision(reject=False, generation=generation, reject_prob=doubt, prompt_tokens=scored)
 
     async def answer(self, backend: Backend, query: Query, on_text: TextSink | None = None, rejected: Decision | None = None) -> Decision:
         """The answer ``rejected`` already generated, when there is one: no peer took the query."""

@@ -506,7 +506,7 @@ class Node:
             decision=decision.name,
             reject_prob=decision.reject_prob,
             decide_ms=decision.decide_ms,
-            prompt_tokens=generation.prompt_tokens if generation else decision.prompt_tokens,
+            prompt_tokens=(generation.prompt_tokens if generation else 0) + decision.prompt_tokens,
             completion_tokens=generation.completion_tokens if generation else 0,
         )
 

@@ -109,7 +109,9 @@ async def test_a_mesh_forwards_from_a_doubting_tier_and_the_hop_records_the_doub
 
     assert [[(h.model, h.decision) for h in a.path] for a in answers] == [[("family-s", "reject"), ("family-l", "answer")]] * len(answers)
     assert [a.path[0].reject_prob for a in answers] == pytest.approx([d.reject_prob for d in expected], abs=1e-6)
-    assert all(a.path[0].completion_tokens > 0 for a in answers)  # the rejecting hop paid for its generation
+    # the rejecting hop paid for its generation and for scoring it (one prefill of the prompt and the answer)
+    assert [(h.prompt_tokens, h.completion_tokens) for h in (a.path[0] for a in answers)] == [
+        (2 * d.generation.prompt_tokens + d.generation.completion_tokens, d.generation.completion_tokens) for d in expected]
 
 
 def test_the_node_cli_and_topologies_accept_the_policy(tmp_path: Path) -> None:
