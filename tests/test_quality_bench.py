@@ -199,10 +199,12 @@ def test_benchmark_end_to_end_on_the_stand_in_family(stand_in_preset: Path, tmp_
     assert results["headline"]["disrouter"]["sftrl_probe"]["alpha"] is None  # not configured: said so, not faked
     assert results["headline"]["line"] in (out / "results.md").read_text()
     # paired bootstrap: sft_probe against the best centralized router and largest, in every (split, pool, alpha)
-    compared = {(c["split"], c["pool"], c["alpha"], c["baseline"] == "largest"): c for c in results["comparisons"] if c["method"] == "sft_probe"}
-    assert len(compared) == 2 * 2 * 3 * 2 and {c["method"] for c in results["comparisons"]} == {"sft_probe"}
-    for (split, pool, alpha, _), c in compared.items():
-        mine, theirs = rows[(split, pool, alpha, "sft_probe")], rows[(split, pool, alpha, c["baseline"])]
+    # (and untrained_confidence, the other configured arm of uncertainty.COMPARED; sftrl_probe is not configured)
+    compared = {(c["method"], c["split"], c["pool"], c["alpha"], c["baseline"] == "largest"): c for c in results["comparisons"]}
+    assert len(compared) == len(results["comparisons"]) == 2 * 2 * 2 * 3 * 2
+    assert {c["method"] for c in results["comparisons"]} == {"sft_probe", "untrained_confidence"}
+    for (method, split, pool, alpha, _), c in compared.items():
+        mine, theirs = rows[(split, pool, alpha, method)], rows[(split, pool, alpha, c["baseline"])]
         assert c["n"] == mine["n"] == theirs["n"] and c["ci95"][0] - 1e-9 <= c["difference"] <= c["ci95"][1] + 1e-9 and 0.0 <= c["p_better"] <= 1.0
         assert math.isclose(c["difference"], mine["utility"] - theirs["utility"], abs_tol=1e-9)
     assert "## Is the difference real? (paired bootstrap, 2000 resamples)" in (out / "results.md").read_text()
@@ -225,7 +227,8 @@ def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
     assert results["runtime_join"]["queries_after"] >= 8
     assert set(results["details"]["confidence_thresholds"]) == {"0.2", "0.5", "0.8"}  # chosen on val, not defaults
     assert all(r["utility_ci95"][0] - 1e-9 <= r["utility"] <= r["utility_ci95"][1] + 1e-9 for r in results["rows"] if r["status"] == "ok")
-    assert results["comparisons"] == []  # the smoke preset has no trained arm to compare
+    # the smoke preset has no trained arm: only the untrained confidence arm is compared (both splits, pools, alphas)
+    assert {c["method"] for c in results["comparisons"]} == {"untrained_confidence"} and len(results["comparisons"]) == 2 * 2 * 3 * 2
 
 
 def test_a_bad_preset_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

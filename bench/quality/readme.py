@@ -42,9 +42,13 @@ def utility_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def against_centralized(rows: Sequence[dict[str, Any]], label: str) -> str:
-    """DiSRouter SFT+RL (probe) against the best centralized router at each alpha, in words."""
+def against_centralized(rows: Sequence[dict[str, Any]], label: str, comparisons: Sequence[dict[str, Any]] = ()) -> str:
+    """DiSRouter SFT+RL (probe) against the best centralized router at each alpha, in words; with the paired
+    bootstrap's verdict on the difference where ``comparisons`` has it."""
     table, ours = _utilities(rows), DISROUTER[0]
+    judged = {(c["split"], c["alpha"], c["baseline"]): verdict(c["ci95"]) for c in comparisons
+              if c["method"] == ours and c["pool"] == "all"}
+    split = rows[0]["split"] if rows else None
     if ours not in table:
         return f"{label}: {NAMES[ours]} not measured"
     parts = []
@@ -53,8 +57,9 @@ def against_centralized(rows: Sequence[dict[str, Any]], label: str) -> str:
         if rival is None:
             parts.append(f"alpha {alpha:g}: {mine:.3f}, no centralized router measured")
             continue
-        verdict = "above" if mine > table[rival][alpha] else "**below**"
-        parts.append(f"alpha {alpha:g}: {mine:.3f} vs {table[rival][alpha]:.3f} ({rival}), {verdict}")
+        side = "above" if mine > table[rival][alpha] else "**below**"
+        noise = judged.get((split, alpha, rival))
+        parts.append(f"alpha {alpha:g}: {mine:.3f} vs {table[rival][alpha]:.3f} ({rival}), {side}" + (f" (paired 95% CI of the difference: {noise})" if noise else ""))
     return f"{label}: " + "; ".join(parts)
 
 
@@ -99,8 +104,9 @@ def render(payload: dict[str, Any], json_path: str = "bench/results/quality/resu
         f"{head['keep']:.0%} of Largest-only's accuracy, in-domain, all tiers): **{head['line']}**", "",
         "Utility, in-domain, all tiers (bold: the best per alpha apart from the oracle):", "",
         *utility_table(in_domain), "",
-        "- " + against_centralized(in_domain, "In-domain, " + NAMES[DISROUTER[0]] + " against the best centralized router"),
-        "- " + against_centralized(headline_rows(rows, split="ood"), "Out-of-domain, the same"),
+        "- " + against_centralized(in_domain, "In-domain, " + NAMES[DISROUTER[0]] + " against the best centralized router",
+                                   payload.get("comparisons", [])),
+        "- " + against_centralized(headline_rows(rows, split="ood"), "Out-of-domain, the same", payload.get("comparisons", [])),
         "- " + oracle_share(in_domain),
         *significance_table(payload.get("comparisons", [])),
     ])

@@ -23,7 +23,7 @@ RESAMPLES = 2000
 """Bootstrap resamples of the queries."""
 SEED = 0
 """Seed of the query draws: the same draws for every method, every run."""
-COMPARED = ("sft_probe", "sftrl_probe")
+COMPARED = ("untrained_confidence", "sft_probe", "sftrl_probe")
 """The DiSRouter arms compared against the best centralized router and Largest-only."""
 REFERENCE = "largest"
 """The fixed baseline every compared arm also faces."""
