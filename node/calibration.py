@@ -6,8 +6,13 @@ The file is JSON, written by training next to the model as ``disrouter-calibrati
 {"version": 1,
  "thresholds": {"0.2": 0.35, "0.5": 0.5, "0.8": 0.65},
  "skip_thresholds": {"0.2": 0.9, "0.5": 0.95, "0.8": 0.98},
- "demonstrations": false}
+ "demonstrations": false,
+ "policy": "probe"}
 ```
+
+``policy`` names the policy whose score the thresholds are on (``probe``: P(reject phrase);
+``confidence``: 1 - P(own answer)); a node running the other thresholded policy refuses the file.
+Files without it (from before the field) are read as made for ``probe`` / ``generate``.
 
 ``demonstrations`` says whether the node prompts with the few-shot turns that teach untrained
 models the reject phrase (default true); training writes false, since a trained model learned
@@ -56,6 +61,7 @@ class Calibration(BaseModel):
     thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_THRESHOLD})
     skip_thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_SKIP_THRESHOLD})
     demonstrations: bool = True
+    policy: str | None = None  # whose score the thresholds are on; None: a file from before, made for probe
 
     @field_validator("thresholds", "skip_thresholds")
     @classmethod

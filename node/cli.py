@@ -20,7 +20,7 @@ from disrouter.mesh.topology import TopologyError, load_topology
 from . import __version__
 from .backends import ModelNotFoundError, check_model, load_backend
 from .calibration import CalibrationError, load_calibration
-from .compose import build_node, check_answer_model
+from .compose import build_node, check_answer_model, check_calibration
 from .http import ProbeServer
 from .policies import POLICIES
 from .settings import BackendSettings, ConfigError, NodeSettings
@@ -91,6 +91,9 @@ async def serve(args: argparse.Namespace) -> int:
     source = check_model(args.backend, model)  # fail on a missing model before connecting or loading
     check_answer_model(card)  # before loading two models
     answer_source = check_model(args.backend, card.answer_model) if card.answer_model else None
+    model_folder = source.folder if source and source.gguf_file is None else None
+    calibration = load_calibration(args.calibration, model_folder)
+    check_calibration(card.policy, calibration)  # before connecting or loading
     options = dataclass_from_args(BackendSettings, args).loader_options()
     settings = dataclass_from_args(NodeSettings, args)
     if settings.tracing:
@@ -98,8 +101,6 @@ async def serve(args: argparse.Namespace) -> int:
     probes = await ProbeServer().start(settings.http_host, settings.http_port) if settings.http_port is not None else None
     nc = await connect(args.nats, name=f"disrouter-node {card.node_id}", auth=nats_auth(args))
     try:
-        model_folder = source.folder if source and source.gguf_file is None else None
-        calibration = load_calibration(args.calibration, model_folder)
         backend = await asyncio.to_thread(load_backend, args.backend, source or model, **options)
         answer_backend = (await asyncio.to_thread(load_backend, args.backend, answer_source or card.answer_model, **options)
                           if card.answer_model else None)

@@ -3,7 +3,10 @@ when 1 - P(answer | prompt) is above the calibrated threshold. Real committed fa
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from conftest import Mesh
 from disrouter.mesh.protocol import Query
 from disrouter.mesh.topology import load_topology
 from disrouter.node.backends import Backend, load_backend
-from disrouter.node.calibration import Calibration
+from disrouter.node.calibration import Calibration, CalibrationError
 from disrouter.node.cli import build_parser
 from disrouter.node.policies import AlwaysPolicy, ConfidencePolicy, Decision, make_policy
 from disrouter.training.tasks import load_tasks
@@ -100,7 +103,7 @@ async def test_a_mesh_forwards_from_a_doubting_tier_and_the_hop_records_the_doub
     backend = load_backend("transformers", str(tier_s))
     expected = [decision for decision, _ in await decide_all(backend, policy(1.0))]
     await mesh.add("family-s", 0.13, "family-s", entry=True, policy="confidence", backend=backend,
-                   calibration=Calibration(thresholds={ALPHA: 0.0}, skip_thresholds={ALPHA: 1.0}))
+                   calibration=Calibration(thresholds={ALPHA: 0.0}, skip_thresholds={ALPHA: 1.0}, policy="confidence"))
     await mesh.add("family-l", 0.9, "family-l", policy="always", backend=load_backend("transformers", "family-l"))
     await mesh.all_see({n.card.node_id for n in mesh.nodes})
     client = await mesh.client()
@@ -121,3 +124,33 @@ def test_the_node_cli_and_topologies_accept_the_policy(tmp_path: Path) -> None:
     assert load_topology(topology).models[0].policy == "confidence"
     with pytest.raises(ValueError, match="unknown policy 'confident'; choose from generate, probe, confidence, always"):
         make_policy("confident")
+
+
+async def test_a_node_refuses_a_calibration_made_for_the_other_thresholded_policy(mesh: Mesh) -> None:
+    made_for_confidence = Calibration(thresholds={ALPHA: 0.3}, policy="confidence")
+    with pytest.raises(CalibrationError, match="on the confidence policy's score, not probe's"):
+        await mesh.add("s", 0.1, "paris", entry=True, policy="probe", calibration=made_for_confidence)
+    with pytest.raises(CalibrationError, match="on the probe policy's score, not confidence's"):
+        await mesh.add("s", 0.1, "paris", entry=True, policy="confidence", calibration=Calibration(policy="probe"))
+    # generate reads only the demonstrations; a file from before the field (policy None) serves either policy
+    assert (await mesh.add("g", 0.2, "paris", policy="generate", calibration=made_for_confidence)).policy.name == "generate"
+
+
+async def node_error(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "disrouter-node"), *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, err.decode()
+
+
+async def test_the_node_cli_refuses_a_confidence_calibration_under_probe_in_one_line(tmp_path: Path) -> None:
+    calibration = tmp_path / "family-s.json"
+    calibration.write_text(json.dumps({"thresholds": {"0.5": 0.3}, "skip_thresholds": {"0.5": 1.0}, "policy": "confidence"}))
+    args = ["--model", "family-s", "--cost", "0.13", "--calibration", str(calibration), "--nats", "nats://127.0.0.1:1"]
+
+    code, err = await node_error(*args, "--policy", "probe")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "the calibration's thresholds are on the confidence policy's score, not probe's" in err
+
+    code, err = await node_error(*args, "--policy", "confidence")  # the matching policy takes the file and goes on to connect
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "cannot reach NATS" in err, err

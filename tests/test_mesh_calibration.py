@@ -3,17 +3,23 @@ correctness give known thresholds and utilities; the command writes the node's c
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from disrouter.node.calibration import load_calibration
+from disrouter.mesh.protocol import Query
+from disrouter.node.backends import load_backend
+from disrouter.node.calibration import Calibration, load_calibration
+from disrouter.node.policies import make_policy
 from disrouter.training.config import TrainingConfigError
 from disrouter.training.mesh_calibration import NEVER, Thresholds, TierOutcome, TierRows, calibrate_mesh, mesh_result, oracle_result
-from disrouter.training.mesh_run import load_mesh_config
+from disrouter.training.mesh_run import calibrate_arm, load_mesh_config, measure_all, write_tier_calibrations
+from disrouter.training.tasks import load_tasks
 
 IDS = ["q0", "q1", "q2", "q3"]
 
@@ -79,6 +85,45 @@ def test_config_errors(tmp_path: Path) -> None:
 
 
 SMOKE = Path(__file__).resolve().parents[1] / "training" / "configs" / "family-smoke.yaml"
+FAMILY = Path(__file__).resolve().parents[1] / "training" / "family" / "weights"
+
+
+def test_a_confidence_tier_is_measured_with_its_policy_and_its_file_says_so(tmp_path: Path) -> None:
+    """A tier with ``policy: confidence``: its scores are the confidence node's doubt, and its calibration names the policy."""
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join((FAMILY / "data" / "sa-val.jsonl").read_text().splitlines(keepends=True)[:4]))
+    shutil.copytree(FAMILY / "s", tmp_path / "s")  # the calibration is written beside the tier: never into the committed one
+    config_file = tmp_path / "mesh.yaml"
+    config_file.write_text(f"val: {val}\nout: {tmp_path / 'out'}\nalphas: [0.5]\nmax_tokens: 8\ntiers:\n"
+                           f"  - {{key: s, cost: 0.13, checkpoints: {{arm: {tmp_path / 's'}}}, policy: confidence}}\n"
+                           f"  - {{key: l, cost: 0.9, model: {FAMILY / 'l'}}}\n")
+    config = load_mesh_config(config_file)
+    assert [tier.policy for tier in config.tiers] == ["confidence", "probe"]
+
+    measured = measure_all(config, progress=False)
+
+    backend = load_backend("transformers", str(tmp_path / "s"))
+    lifted = Calibration(thresholds={0.5: 1.0}, skip_thresholds={0.5: 1.0}, demonstrations=False)
+    queries = {task.id: Query(messages=task.prompt_messages(), scenario=0.5, max_tokens=8, temperature=0.0) for task in load_tasks(val)}
+
+    async def scores(policy: str) -> dict[str, float]:
+        chosen = make_policy(policy, lifted)
+        return {query_id: (await chosen.decide(backend, query)).reject_prob for query_id, query in queries.items()}
+
+    doubt, probe = asyncio.run(scores("confidence")), asyncio.run(scores("probe"))
+    got = {query_id: outcome.p_reject for query_id, outcome in measured[tmp_path / "s"][0.5].items()}
+    assert got == pytest.approx(doubt, abs=1e-6) and got != pytest.approx(probe, abs=1e-3)
+    [path] = write_tier_calibrations(config, "arm", calibrate_arm(config, "arm", measured))
+    assert json.loads(path.read_text())["policy"] == "confidence" and load_calibration(None, tmp_path / "s").policy == "confidence"
+
+
+def test_an_answer_model_tier_must_run_the_probe_policy(tmp_path: Path) -> None:
+    (tmp_path / "v.jsonl").write_text("")
+    config = tmp_path / "mesh.yaml"
+    config.write_text(f"val: v.jsonl\nout: o\ntiers:\n  - {{key: s, cost: 0.1, checkpoints: {{arm: {FAMILY / 's'}}}, answer_model: {FAMILY / 's'}, "
+                      f"policy: confidence}}\n  - {{key: l, cost: 0.9, model: {FAMILY / 'l'}}}\n")
+    with pytest.raises(TrainingConfigError, match="tier s: answer_model needs policy probe, not confidence"):
+        load_mesh_config(config)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -108,7 +153,7 @@ def test_command_on_the_smoke_family(tmp_path: Path) -> None:
         calibration = load_calibration(None, copies[name])
         assert set(calibration.thresholds) == {0.2, 0.8} and calibration.demonstrations is False
         written = json.loads((copies[name] / "disrouter-calibration.json").read_text())
-        assert written["objective"] == "mesh" and set(written["mesh"]["val_utility_from_tier"]) == {"0.2", "0.8"}
+        assert written["objective"] == "mesh" and set(written["mesh"]["val_utility_from_tier"]) == {"0.2", "0.8"} and written["policy"] == "probe"
     report = json.loads((tmp_path / "out" / "mesh-calibration.json").read_text())
     figures = report["arms"]["arm"]["0.8"]
     assert figures["mesh"]["utility"] == pytest.approx(figures["mesh"]["accuracy"] - 0.8 * figures["mesh"]["cost"], abs=1e-3)

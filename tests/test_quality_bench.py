@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scripted_model import build_scripted_model
 
-from disrouter.bench.quality import baselines, cascade
+from disrouter.bench.quality import baselines, cascade, confidence
 from disrouter.bench.quality.labels import Label
 from disrouter.bench.quality.live import outcome
 from disrouter.bench.quality.metrics import Outcome, summarise
@@ -20,6 +20,8 @@ from disrouter.bench.quality.preset import Tier
 from disrouter.cli.main import main as cli
 from disrouter.mesh.client import MeshError
 from disrouter.mesh.protocol import Answer, Hop
+from disrouter.node.calibration import load_calibration
+from disrouter.training.mesh_calibration import Thresholds
 from disrouter.training.tasks import Task, write_tasks
 
 TIERS = [Tier(key="small", model=Path("s"), cost=0.1), Tier(key="mid", model=Path("m"), cost=0.5), Tier(key="large", model=Path("l"), cost=0.9)]
@@ -229,6 +231,13 @@ def test_smoke_preset_gives_every_method_numbers(tmp_path: Path) -> None:
     assert all(r["utility_ci95"][0] - 1e-9 <= r["utility"] <= r["utility_ci95"][1] + 1e-9 for r in results["rows"] if r["status"] == "ok")
     # the smoke preset has no trained arm: only the untrained confidence arm is compared (both splits, pools, alphas)
     assert {c["method"] for c in results["comparisons"]} == {"untrained_confidence"} and len(results["comparisons"]) == 2 * 2 * 3 * 2
+
+
+def test_the_confidence_arm_writes_calibrations_its_policy_owns(tmp_path: Path) -> None:
+    tiers = [Tier(key="s", model=tmp_path, cost=0.1), Tier(key="l", model=tmp_path, cost=0.9)]
+    files = confidence.write(tiers, {0.5: ([Thresholds(0.3, 0.9), Thresholds(1.0)], 0.6)}, tmp_path / "calibration")
+    loaded = load_calibration(files["s"])
+    assert loaded.policy == "confidence" and loaded.threshold(0.5) == 0.3 and loaded.skip_threshold(0.5) == 0.9
 
 
 def test_a_bad_preset_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

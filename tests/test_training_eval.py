@@ -143,7 +143,7 @@ def test_calibration_file_round_trips(tmp_path: Path) -> None:
     assert path == tmp_path / CALIBRATION_FILENAME
     loaded = load_calibration(None, tmp_path)
     assert loaded.thresholds == calibration.thresholds and loaded.skip_thresholds == calibration.skip_thresholds
-    assert loaded.demonstrations is False
+    assert loaded.demonstrations is False and loaded.policy == "probe"  # thresholds on P(reject phrase): a probe node's
     assert loaded.threshold(0.5) == pytest.approx(calibration.thresholds[0.5])
     assert set(json.loads(path.read_text())["thresholds"]) == {"0.2", "0.5"}
 

@@ -107,6 +107,7 @@ def calibrate(
         thresholds={choice.alpha: choice.threshold for choice in choices},
         skip_thresholds={choice.alpha: choice.skip_threshold for choice in choices},
         demonstrations=False,
+        policy="probe",  # thresholds on P(reject phrase)
     )
 
 

@@ -10,14 +10,15 @@ Config (paths relative to the file)::
     out: PATH               # mesh-calibration.json / .md (the measured val figures)
     demonstrations: false   # how the trained tiers prompt (training writes false)
     tiers:                  # cheapest first; the last always answers and is not calibrated
-      - {key: family-s, checkpoints: {sft: PATH, sftrl: PATH}, answer_model: PATH}   # answer_model: optional
+      - {key: family-s, checkpoints: {sft: PATH, sftrl: PATH}, answer_model: PATH, policy: probe}   # answer_model, policy: optional
       - {key: family-l, model: PATH}
 
 Each arm (a name under ``checkpoints``) is one mesh: its checkpoint of every lower tier plus the
 strongest ``model``; a tier with ``answer_model`` is measured as a node with ``--answer-model`` serves
-it (its checkpoint decides, those weights answer). Per arm and alpha the thresholds are chosen top-down (``mesh_calibration``)
-and written into each lower checkpoint's ``disrouter-calibration.json`` (the node's format, with
-``objective: mesh`` and the val figures added; the node ignores extra keys).
+it (its checkpoint decides, those weights answer); a tier's ``policy`` (``probe``, default, or ``confidence``:
+the doubt in its own answer) is the node policy it is measured with and calibrated for. Per arm and alpha
+the thresholds are chosen top-down (``mesh_calibration``) and written into each lower checkpoint's ``disrouter-calibration.json`` (the node's format, with
+``objective: mesh`` and the val figures added; the node ignores extra keys; ``policy`` names the tier's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +54,7 @@ class MeshTier(BaseModel):
     model: Path | None = None  # the strongest tier's folder
     checkpoints: dict[str, Path] = Field(default_factory=dict)  # arm -> a lower tier's trained folder
     answer_model: Path | None = None  # a lower tier's weights that write its answers (node --answer-model), every arm
+    policy: Literal["probe", "confidence"] = "probe"  # a lower tier's node policy: what it is measured and calibrated with
 
 
 class MeshConfig(BaseModel):
@@ -107,6 +109,8 @@ def _check(path: Path, config: MeshConfig) -> None:
     for tier in config.tiers[:-1]:
         if sorted(tier.checkpoints) != sorted(arms):
             raise TrainingConfigError(f"{path}: tier {tier.key} lists arms {sorted(tier.checkpoints)}, the cheapest {sorted(arms)}")
+        if tier.answer_model and tier.policy != "probe":
+            raise TrainingConfigError(f"{path}: tier {tier.key}: answer_model needs policy probe, not {tier.policy}")
     if config.tiers[-1].model is None:
         raise TrainingConfigError(f"{path}: the strongest tier {config.tiers[-1].key} needs model: FOLDER")
     if any(tier.cost is None for tier in config.tiers):
@@ -133,7 +137,7 @@ def measure_all(config: MeshConfig, progress: bool = True, tasks_file: Path | No
     tasks = load_tasks(tasks_file or config.val)
     strongest = config.tiers[-1].model
     folders = list(dict.fromkeys(f for arm in config.arms() for f in config.mesh(arm)))
-    answers = {folder: tier.answer_model for tier in config.tiers[:-1] for folder in tier.checkpoints.values()}
+    lower = {folder: tier for tier in config.tiers[:-1] for folder in tier.checkpoints.values()}
     measured: dict[Path, Outcomes] = {}
     with progress_bar("mesh", progress) as bar:
         for folder in folders:
@@ -143,7 +147,8 @@ def measure_all(config: MeshConfig, progress: bool = True, tasks_file: Path | No
             measured[folder] = asyncio.run(measure_tier(
                 folder, tasks, config.alphas, strongest=is_strongest, demonstrations=config.demonstrations,
                 max_tokens=config.max_tokens, in_flight=config.in_flight, backend=config.backend, progress=bar, job=job,
-                answer_folder=answers.get(folder)))
+                answer_folder=lower[folder].answer_model if folder in lower else None,
+                policy=lower[folder].policy if folder in lower else "probe"))
     return measured
 
 
@@ -178,7 +183,7 @@ def write_tier_calibrations(config: MeshConfig, arm: str, per_alpha: dict[float,
     for index, (tier, folder) in enumerate(zip(config.tiers[:-1], config.mesh(arm))):
         chosen: dict[float, Thresholds] = {alpha: figures["thresholds"][index] for alpha, figures in per_alpha.items()}
         calibration = Calibration(thresholds={a: t.answer for a, t in chosen.items()}, skip_thresholds={a: t.skip for a, t in chosen.items()},
-                                  demonstrations=config.demonstrations)
+                                  demonstrations=config.demonstrations, policy=tier.policy)
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh",
             "mesh": {"tiers": [t.key for t in config.tiers], "costs": [t.cost for t in config.tiers], "val": str(config.val),

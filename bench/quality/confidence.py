@@ -58,9 +58,10 @@ def write(tiers: Sequence[Tier], chosen: dict[float, tuple[list[Thresholds], flo
     files = {}
     for index, tier in enumerate(tiers[:-1]):
         picked = {alpha: thresholds[index] for alpha, (thresholds, _) in chosen.items()}
-        calibration = Calibration(thresholds={a: t.answer for a, t in picked.items()}, skip_thresholds={a: t.skip for a, t in picked.items()})
+        calibration = Calibration(thresholds={a: t.answer for a, t in picked.items()}, skip_thresholds={a: t.skip for a, t in picked.items()},
+                                  policy=POLICY)
         document = calibration.model_dump(mode="json") | {
-            "objective": "mesh", "policy": POLICY, "tiers": [t.key for t in tiers],
+            "objective": "mesh", "tiers": [t.key for t in tiers],
             "val_utility": {str(a): round(utility, 4) for a, (_, utility) in chosen.items()},
             "degenerate": {str(a): t.answer for a, t in picked.items() if t.degenerate},
         }
