@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -61,7 +62,7 @@ class Calibration(BaseModel):
     thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_THRESHOLD})
     skip_thresholds: dict[float, float] = Field(default_factory=lambda: {0.5: DEFAULT_SKIP_THRESHOLD})
     demonstrations: bool = True
-    policy: str | None = None  # whose score the thresholds are on; None: a file from before, made for probe
+    policy: Literal["probe", "confidence"] | None = None  # whose score the thresholds are on; None: a file from before, made for probe
 
     @field_validator("thresholds", "skip_thresholds")
     @classmethod
