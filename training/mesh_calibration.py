@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from disrouter.mesh.objective import system_utility
+from disrouter.node.calibration import Calibration
 
 from .calibrate import candidate_thresholds
 from .config import TrainingConfigError
@@ -54,6 +55,12 @@ class Thresholds:
     @property
     def degenerate(self) -> bool:
         return self.answer in (0.0, 1.0)
+
+
+def node_calibration(chosen: Mapping[float, Thresholds], policy: str, demonstrations: bool = True) -> Calibration:
+    """A lower tier's thresholds per alpha (``chosen``) in the node's calibration format, for ``policy``."""
+    return Calibration(thresholds={a: t.answer for a, t in chosen.items()}, skip_thresholds={a: t.skip for a, t in chosen.items()},
+                       demonstrations=demonstrations, policy=policy)
 
 
 @dataclass(frozen=True)

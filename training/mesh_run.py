@@ -34,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from disrouter.mesh.objective import DEFAULT_ALPHAS
 from disrouter.mesh.topology import TopologyError, load_topology
-from disrouter.node.calibration import CALIBRATION_FILENAME, Calibration
+from disrouter.node.calibration import CALIBRATION_FILENAME
 
 from .config import TrainingConfigError, read_settings_file
 from .mesh_baselines import compare_mesh, comparison_figures, table
-from .mesh_calibration import MeshResult, Thresholds, TierRows, calibrate_mesh, oracle_result
+from .mesh_calibration import MeshResult, Thresholds, TierRows, calibrate_mesh, node_calibration, oracle_result
 from .mesh_measure import Outcomes, measure_tier
 from .progress import progress_bar
 from .tasks import load_tasks
@@ -182,8 +182,7 @@ def write_tier_calibrations(config: MeshConfig, arm: str, per_alpha: dict[float,
     written = []
     for index, (tier, folder) in enumerate(zip(config.tiers[:-1], config.mesh(arm))):
         chosen: dict[float, Thresholds] = {alpha: figures["thresholds"][index] for alpha, figures in per_alpha.items()}
-        calibration = Calibration(thresholds={a: t.answer for a, t in chosen.items()}, skip_thresholds={a: t.skip for a, t in chosen.items()},
-                                  demonstrations=config.demonstrations, policy=tier.policy)
+        calibration = node_calibration(chosen, tier.policy, config.demonstrations)
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh",
             "mesh": {"tiers": [t.key for t in config.tiers], "costs": [t.cost for t in config.tiers], "val": str(config.val),

@@ -17,8 +17,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from disrouter.node.calibration import Calibration
-from disrouter.training.mesh_calibration import TierOutcome, TierRows, Thresholds, calibrate_mesh
+from disrouter.training.mesh_calibration import TierOutcome, TierRows, Thresholds, calibrate_mesh, node_calibration
 from disrouter.training.mesh_measure import Outcomes, measure_tier
 from disrouter.training.tasks import Task
 
@@ -58,8 +57,7 @@ def write(tiers: Sequence[Tier], chosen: dict[float, tuple[list[Thresholds], flo
     files = {}
     for index, tier in enumerate(tiers[:-1]):
         picked = {alpha: thresholds[index] for alpha, (thresholds, _) in chosen.items()}
-        calibration = Calibration(thresholds={a: t.answer for a, t in picked.items()}, skip_thresholds={a: t.skip for a, t in picked.items()},
-                                  policy=POLICY)
+        calibration = node_calibration(picked, POLICY)
         document = calibration.model_dump(mode="json") | {
             "objective": "mesh", "tiers": [t.key for t in tiers],
             "val_utility": {str(a): round(utility, 4) for a, (_, utility) in chosen.items()},
